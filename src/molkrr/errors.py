@@ -1,0 +1,56 @@
+"""The package's exception hierarchy.
+
+Every error raised on bad input derives from :class:`MolkrrError`, and also from the
+built-in exception a caller would naturally catch (``ValueError``, ``KeyError``, ...),
+so ``except ValueError`` keeps working for code that does not know about molkrr.
+"""
+
+from __future__ import annotations
+
+
+class MolkrrError(Exception):
+    """Base class of every error molkrr raises on purpose."""
+
+
+class MoleculeError(MolkrrError, ValueError):
+    """A molecule (or batch of molecules) is not physically or structurally valid."""
+
+
+class NonFiniteCoordinatesError(MoleculeError):
+    """Coordinates contain NaN or infinity."""
+
+
+class CoincidentAtomsError(MoleculeError):
+    """Two atoms of one molecule sit (numerically) on top of each other."""
+
+
+class UnknownElementError(MoleculeError):
+    """An atomic number is not positive, not a known element, or not supported by a representation."""
+
+
+class EmptyMoleculeError(MoleculeError):
+    """A molecule has no atoms."""
+
+
+class ShapeMismatchError(MolkrrError, ValueError):
+    """Arrays that must agree in shape or count do not."""
+
+
+class RepresentationSizeError(MolkrrError, ValueError):
+    """A molecule does not fit the size a representation learned in ``fit`` (too many atoms, a full bag, ...)."""
+
+
+class NotDifferentiableError(MolkrrError, TypeError):
+    """A derivative was requested from a component that has none."""
+
+
+class NumericalError(MolkrrError, ArithmeticError):
+    """A linear system could not be solved reliably (e.g. a singular kernel matrix)."""
+
+
+class ModelFileError(MolkrrError, ValueError):
+    """A model file is corrupt, truncated, of a foreign format or of an unsupported version."""
+
+
+class DatasetError(MolkrrError, RuntimeError):
+    """A data set could not be found or read."""
