@@ -186,8 +186,15 @@ class Molecules:
         for i in range(len(self)):
             yield self.molecule(i)
 
+    @property
+    def shape(self) -> tuple[int]:
+        """(n_molecules,): lets scikit-learn's cross-validation index a batch like an array."""
+        return (len(self),)
+
     def __getitem__(self, index: Any) -> "Molecules":
         """A new batch: ``batch[i]`` (one molecule), ``batch[a:b]`` or ``batch[index_array]``."""
+        if isinstance(index, tuple) and len(index) == 2 and index[1] is Ellipsis:
+            index = index[0]
         if isinstance(index, (int, np.integer)):
             n = len(self)
             if not -n <= index < n:
@@ -212,6 +219,28 @@ class Molecules:
             np.concatenate([[0], np.cumsum(counts)]),
             None if self.energies is None else self.energies[idx],
             None if self.forces is None else self.forces[atom_idx],
+            validate=False,
+        )
+
+    @classmethod
+    def concatenate(cls, batches: Sequence["Molecules"]) -> "Molecules":
+        """One batch holding the molecules of ``batches`` in order (labels kept if all have them)."""
+        batches = list(batches)
+        if not batches:
+            raise EmptyMoleculeError("no molecules given")
+        counts = np.concatenate([b.n_atoms for b in batches])
+        energies = None
+        if all(b.energies is not None for b in batches):
+            energies = np.concatenate([b.energies for b in batches])
+        forces = None
+        if all(b.forces is not None for b in batches):
+            forces = np.concatenate([b.forces for b in batches])
+        return cls(
+            np.concatenate([b.numbers for b in batches]),
+            np.concatenate([b.positions for b in batches]),
+            np.concatenate([[0], np.cumsum(counts)]),
+            energies,
+            forces,
             validate=False,
         )
 
@@ -300,9 +329,11 @@ class Molecules:
 
 
 def as_molecules(data: Any) -> Molecules:
-    """Accept a :class:`Molecules`, an ``ase.Atoms`` or an iterable of ``ase.Atoms``."""
+    """Accept a :class:`Molecules`, a list of them, an ``ase.Atoms`` or an iterable of ``ase.Atoms``."""
     if isinstance(data, Molecules):
         return data
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, Molecules) for d in data):
+        return Molecules.concatenate(data)
     try:
         from ase import Atoms
     except ImportError:  # pragma: no cover - ase is a dependency

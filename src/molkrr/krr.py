@@ -1,0 +1,167 @@
+"""Kernel ridge regression on feature matrices, and selection of (σ, λ).
+
+The model is ŷ(x) = ȳ + Σ_m α_m k(x, x_m) with α = (K + λI)⁻¹ (y − ȳ), solved by Cholesky
+(:mod:`molkrr.linalg`); ȳ is the training mean when ``center=True`` and 0 otherwise. Kernels and
+the σ convention are those of :mod:`molkrr.kernels`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .errors import ShapeMismatchError
+from .kernels import KERNELS, make_kernel, squared_distances
+from .linalg import spd_factor, spd_solve
+
+#: Query rows per block in ``predict``: bounds the (block, n_train) kernel temporary.
+PREDICT_BLOCK = 4096
+
+
+class KernelRidge(RegressorMixin, BaseEstimator):
+    """Kernel ridge regression with a Cholesky solve.
+
+    Parameters
+    ----------
+    kernel : {'gaussian', 'laplacian', 'matern32', 'matern52', 'linear'}
+    sigma : float
+        Kernel width (see :mod:`molkrr.kernels` for the convention).
+    lam : float
+        Ridge added to the kernel diagonal (λ ≥ 0).
+    center : bool
+        Subtract the training mean of y before solving (and add it back in ``predict``).
+
+    Fitted attributes: ``X_fit_`` (n, d), ``alpha_`` (n,) or (n, t), ``y_mean_``, ``lam_`` (λ actually
+    used, larger than ``lam`` if a jitter was needed), ``n_features_in_``.
+    """
+
+    def __init__(self, kernel: str = "gaussian", sigma: float = 1.0, lam: float = 1e-8, center: bool = True) -> None:
+        self.kernel = kernel
+        self.sigma = sigma
+        self.lam = lam
+        self.center = center
+
+    def _kernel(self):
+        return make_kernel(self.kernel, self.sigma)
+
+    def fit(self, X: Any, y: Any) -> "KernelRidge":
+        """Fit on X (n, d) and y (n,) or (n, t)."""
+        X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
+        if not (np.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"lam must be a finite number ≥ 0, got {self.lam}")
+        kernel = self._kernel()
+        self.y_mean_ = np.mean(y, axis=0) if self.center else np.zeros(y.shape[1:])
+        L, self.lam_ = spd_factor(lambda: kernel(X), float(self.lam))
+        self.alpha_ = spd_solve(L, y - self.y_mean_)
+        self.X_fit_ = X
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions for X (n_q, d): shape (n_q,) or (n_q, t)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        kernel = self._kernel()
+        out = np.empty((X.shape[0],) + self.alpha_.shape[1:])
+        for start in range(0, X.shape[0], PREDICT_BLOCK):
+            stop = min(start + PREDICT_BLOCK, X.shape[0])
+            out[start:stop] = kernel(X[start:stop], self.X_fit_) @ self.alpha_
+        return out + self.y_mean_
+
+    def predict_gradient(self, X: Any) -> np.ndarray:
+        """∂ŷ/∂x for every row of X (n_q, d) → (n_q, d). Single-output models only."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        if self.alpha_.ndim != 1:
+            raise ShapeMismatchError("predict_gradient needs a single-output model (y of shape (n,))")
+        return self._kernel().gradient(X, self.X_fit_, self.alpha_)
+
+
+# ----------------------------------------------------------------------------- selection
+@dataclass
+class SelectionResult:
+    """Outcome of :func:`select_hyperparameters`: the best (σ, λ) and the whole score table."""
+
+    sigma: float
+    lam: float
+    score: float
+    sigmas: np.ndarray
+    lams: np.ndarray
+    scores: np.ndarray = field(repr=False)  # (n_sigmas, n_lams) mean validation MAE
+
+
+def default_sigmas(X: np.ndarray, kernel: str = "gaussian", n: int = 9, random_state: int = 0) -> np.ndarray:
+    """A log-spaced σ grid around the median pairwise distance of (a subsample of) X."""
+    rng = np.random.default_rng(random_state)
+    sub = X[rng.choice(X.shape[0], size=min(X.shape[0], 1000), replace=False)]
+    d2 = squared_distances(sub, sub)[np.triu_indices(sub.shape[0], 1)]
+    if kernel == "laplacian":
+        from scipy.spatial.distance import pdist
+
+        med = float(np.median(pdist(sub, "cityblock")))
+    else:
+        med = float(np.sqrt(np.median(d2)))
+    med = med if med > 0 else 1.0
+    return med * 2.0 ** np.linspace(-4, 4, n)
+
+
+def select_hyperparameters(
+    X: Any,
+    y: Any,
+    *,
+    kernel: str = "gaussian",
+    sigmas: Any = None,
+    lams: Any = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2),
+    cv: int | None = None,
+    validation_fraction: float = 0.2,
+    center: bool = True,
+    random_state: int = 0,
+    progress: bool = False,
+) -> SelectionResult:
+    """Choose (σ, λ) by mean absolute error on a validation split (``cv=None``) or by k-fold CV.
+
+    One eigendecomposition K = QΛQᵀ per (σ, fold) serves every λ: α(λ) = Q (Λ + λ)⁻¹ Qᵀ y.
+    X : (n, d) features, y : (n,) targets. Returns a :class:`SelectionResult`.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise ShapeMismatchError(f"X of shape {X.shape} and y of shape {y.shape} do not match")
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {sorted(KERNELS)}")
+    n = X.shape[0]
+    rng = np.random.default_rng(random_state)
+    perm = rng.permutation(n)
+    if cv is None:
+        n_val = max(1, int(round(validation_fraction * n)))
+        folds = [perm[:n_val]]
+    else:
+        if cv < 2 or cv > n:
+            raise ValueError(f"cv must be between 2 and n={n}, got {cv}")
+        folds = np.array_split(perm, cv)
+    sigmas = default_sigmas(X, kernel) if sigmas is None else np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    lams = np.asarray(lams, dtype=np.float64).reshape(-1)
+    scores = np.zeros((len(sigmas), len(lams)))
+    steps = [(i, s) for i, s in enumerate(sigmas)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="selecting sigma, lambda", unit="sigma")
+    for i, sigma in steps:
+        K = make_kernel(kernel, sigma)(X)
+        for val in folds:
+            train = np.setdiff1d(perm, val, assume_unique=True)
+            y_tr = y[train]
+            mean = y_tr.mean() if center else 0.0
+            w, Q = np.linalg.eigh(K[np.ix_(train, train)])
+            qy = Q.T @ (y_tr - mean)
+            KvQ = K[np.ix_(val, train)] @ Q
+            for j, lam in enumerate(lams):
+                pred = KvQ @ (qy / np.maximum(w + lam, np.finfo(float).tiny)) + mean
+                scores[i, j] += np.mean(np.abs(pred - y[val])) / len(folds)
+    scores[~np.isfinite(scores)] = np.inf
+    i, j = np.unravel_index(np.argmin(scores), scores.shape)
+    return SelectionResult(float(sigmas[i]), float(lams[j]), float(scores[i, j]), sigmas, lams, scores)
