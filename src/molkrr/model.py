@@ -1,0 +1,148 @@
+"""MolecularKRR: representation → optional metric → kernel ridge regression; energies and forces.
+
+Energy goes forward, E = ȳ + Σ_m α_m k(z, z_m) with z = A x(R) (A = identity without a metric);
+forces come back as vector–Jacobian products, F = −VJP_R(Aᵀ Σ_m α_m ∂k(z, z_m)/∂z). See
+docs/forces.md for the derivation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.utils.validation import check_is_fitted
+
+from .errors import NotDifferentiableError, ShapeMismatchError
+from .krr import KernelRidge, select_hyperparameters
+from .molecules import Molecules, as_molecules
+
+
+class MolecularKRR(RegressorMixin, BaseEstimator):
+    """Kernel ridge regression on molecules, with analytic forces.
+
+    Parameters
+    ----------
+    representation : Representation, optional
+        Maps molecules to features (default: sorted Coulomb matrix). Cloned and fitted in ``fit``.
+    kernel : str
+        Kernel name, see :mod:`molkrr.kernels` (σ convention there).
+    sigma, lam : float or None
+        Kernel width and ridge; ``None`` selects the missing ones by validation MAE in ``fit``
+        (:func:`molkrr.krr.select_hyperparameters`).
+    metric : transformer with ``components_``, optional
+        A learned linear map z = A x (e.g. :class:`molkrr.MLKRR`), fitted on the training features.
+    center : bool
+        Fit to y minus its mean.
+    energy_unit : str, optional
+        Unit of the energies (e.g. 'eV', 'kcal/mol', 'Ha'); recorded with the model and used by the
+        ASE calculator. Forces are in energy_unit / Å.
+
+    Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_``, ``sigma_``, ``lam_``.
+    """
+
+    def __init__(
+        self,
+        representation: Any = None,
+        kernel: str = "gaussian",
+        sigma: float | None = None,
+        lam: float | None = 1e-8,
+        metric: Any = None,
+        center: bool = True,
+        energy_unit: str | None = None,
+    ) -> None:
+        self.representation = representation
+        self.kernel = kernel
+        self.sigma = sigma
+        self.lam = lam
+        self.metric = metric
+        self.center = center
+        self.energy_unit = energy_unit
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
+        """Fit on molecules (Molecules or ase.Atoms list) and energies y (default: the molecules' energies)."""
+        mols = as_molecules(molecules)
+        y = _energies(mols, y)
+        if self.representation is None:
+            from .representations.coulomb import CoulombMatrix
+
+            rep = CoulombMatrix()
+        else:
+            rep = clone(self.representation)
+        self.representation_ = rep.fit(mols)
+        X = self.representation_.transform(mols)
+        if self.metric is not None:
+            self.metric_ = clone(self.metric).fit(X, y)
+            X = self.metric_.transform(X)
+        else:
+            self.metric_ = None
+        sigma, lam = self.sigma, self.lam
+        if sigma is None or lam is None:
+            sel = select_hyperparameters(
+                X,
+                y,
+                kernel=self.kernel,
+                sigmas=None if sigma is None else [sigma],
+                lams=(1e-10, 1e-8, 1e-6, 1e-4, 1e-2) if lam is None else [lam],
+                center=self.center,
+                progress=progress,
+            )
+            sigma, lam = sel.sigma, sel.lam
+        self.sigma_, self.lam_ = float(sigma), float(lam)
+        self.krr_ = KernelRidge(self.kernel, self.sigma_, self.lam_, self.center).fit(X, y)
+        return self
+
+    # ------------------------------------------------------------------ prediction
+    def features(self, molecules: Any) -> np.ndarray:
+        """The features the KRR sees, z = A x(R): shape (n_molecules, n_components)."""
+        check_is_fitted(self)
+        X = self.representation_.transform(as_molecules(molecules))
+        return X if self.metric_ is None else self.metric_.transform(X)
+
+    def predict(self, molecules: Any) -> np.ndarray:
+        """Energies, shape (n_molecules,), in ``energy_unit``."""
+        return self.krr_.predict(self.features(molecules))
+
+    def predict_forces(self, molecules: Any) -> list[np.ndarray]:
+        """Forces −∂E/∂R: one (n_atoms_i, 3) array per molecule, in energy_unit / Å."""
+        return self.predict_energies_and_forces(molecules)[1]
+
+    def predict_energies_and_forces(self, molecules: Any) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(energies (n_molecules,), forces: list of (n_atoms_i, 3)) sharing one feature evaluation."""
+        check_is_fitted(self)
+        mols = as_molecules(molecules)
+        rep = self.representation_
+        if not getattr(rep, "differentiable", False):
+            raise NotDifferentiableError(f"{type(rep).__name__} has no derivative with respect to positions")
+        if not getattr(self.krr_._kernel(), "differentiable", False):
+            raise NotDifferentiableError(f"kernel {self.kernel!r} is not differentiable")
+        X = rep.transform(mols)
+        Z = X if self.metric_ is None else self.metric_.transform(X)
+        energies = self.krr_.predict(Z)
+        G = self.krr_.predict_gradient(Z)  # ∂E/∂z, (n, n_components)
+        if self.metric_ is not None:
+            G = G @ np.asarray(self.metric_.components_)  # ∂E/∂x = Aᵀ ∂E/∂z, row form
+        forces = [-g for g in rep.vjp(mols, G)]
+        return energies, forces
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted model to ``path`` (npz + JSON header, no pickle); see :func:`molkrr.load_model`."""
+        from .persistence import save_model
+
+        save_model(self, path)
+
+
+def _energies(mols: Molecules, y: Any) -> np.ndarray:
+    if y is None:
+        if mols.energies is None:
+            raise ShapeMismatchError("no energies given: pass y or molecules that carry energies")
+        return mols.energies
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if y.shape[0] != len(mols):
+        raise ShapeMismatchError(f"{y.shape[0]} energies for {len(mols)} molecules")
+    if not np.isfinite(y).all():
+        raise ShapeMismatchError("energies contain NaN or infinity")
+    return y
