@@ -1,9 +1,26 @@
 """molkrr — kernel ridge regression on molecules, with analytic forces and metric learning."""
 
+from . import datasets
 from .errors import MolkrrError
 from .kernels import make_kernel
+from .krr import KernelRidge, select_hyperparameters
+from .model import MolecularKRR
 from .molecules import Molecules
+from .persistence import load_model, save_model
+from .representations.coulomb import CoulombMatrix
 
 __version__ = "0.1.0"
 
-__all__ = ["Molecules", "MolkrrError", "make_kernel", "__version__"]
+__all__ = [
+    "CoulombMatrix",
+    "KernelRidge",
+    "MolecularKRR",
+    "Molecules",
+    "MolkrrError",
+    "datasets",
+    "load_model",
+    "make_kernel",
+    "save_model",
+    "select_hyperparameters",
+    "__version__",
+]

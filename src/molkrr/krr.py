@@ -93,7 +93,7 @@ class SelectionResult:
     scores: np.ndarray = field(repr=False)  # (n_sigmas, n_lams) mean validation MAE
 
 
-def default_sigmas(X: np.ndarray, kernel: str = "gaussian", n: int = 9, random_state: int = 0) -> np.ndarray:
+def default_sigmas(X: np.ndarray, kernel: str = "gaussian", n: int = 11, random_state: int = 0) -> np.ndarray:
     """A log-spaced σ grid around the median pairwise distance of (a subsample of) X."""
     rng = np.random.default_rng(random_state)
     sub = X[rng.choice(X.shape[0], size=min(X.shape[0], 1000), replace=False)]
@@ -105,7 +105,7 @@ def default_sigmas(X: np.ndarray, kernel: str = "gaussian", n: int = 9, random_s
     else:
         med = float(np.sqrt(np.median(d2)))
     med = med if med > 0 else 1.0
-    return med * 2.0 ** np.linspace(-4, 4, n)
+    return med * 2.0 ** np.linspace(-3, 7, n)
 
 
 def select_hyperparameters(

@@ -8,6 +8,7 @@ docs/forces.md for the derivation.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -72,7 +73,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         else:
             rep = clone(self.representation)
         self.representation_ = rep.fit(mols)
-        X = self.representation_.transform(mols)
+        X = transform_in_chunks(self.representation_, mols, progress=progress)
         if self.metric is not None:
             self.metric_ = clone(self.metric).fit(X, y)
             X = self.metric_.transform(X)
@@ -91,6 +92,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
             )
             sigma, lam = sel.sigma, sel.lam
         self.sigma_, self.lam_ = float(sigma), float(lam)
+        if progress:
+            print(f"solving the {len(y)} x {len(y)} kernel system (sigma={sigma:.4g}, lambda={lam:.1e})", file=sys.stderr)
         self.krr_ = KernelRidge(self.kernel, self.sigma_, self.lam_, self.center).fit(X, y)
         return self
 
@@ -133,6 +136,17 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         from .persistence import save_model
 
         save_model(self, path)
+
+
+def transform_in_chunks(rep: Any, mols: Molecules, *, progress: bool = False, chunk: int = 1000) -> np.ndarray:
+    """rep.transform(mols), a chunk of molecules at a time, with an optional progress bar."""
+    if not progress or len(mols) <= chunk:
+        return rep.transform(mols)
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(mols), chunk)
+    parts = [rep.transform(mols[s : s + chunk]) for s in tqdm(starts, desc=type(rep).__name__, unit="chunk", file=sys.stderr)]
+    return np.concatenate(parts)
 
 
 def _energies(mols: Molecules, y: Any) -> np.ndarray:

@@ -1,0 +1,234 @@
+"""The ``molkrr`` command: train, predict, demo, learn-metric.
+
+Bad input ends with a one-line ``Error: ...`` on stderr and exit status 1 (2 for usage errors),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from typing import Any, Callable
+
+import click
+import numpy as np
+
+from .errors import MolkrrError
+from .kernels import KERNELS
+from .representations import REPRESENTATIONS
+
+CHUNK = 1000  # molecules per progress-bar step
+
+
+def _friendly(func: Callable) -> Callable:
+    """Turn expected failures into one-line click errors."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (MolkrrError, ValueError, OSError, KeyError, TypeError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(f"{type(exc).__name__}: {msg}") from None
+
+    return wrapper
+
+
+def _progress(iterable, desc: str, quiet: bool, **kw):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, disable=quiet, file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+def _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, seed, quiet):
+    from .datasets import load_qm9, read_xyz
+
+    if (dataset is None) == (xyz is None):
+        raise click.UsageError("give exactly one of --dataset qm9 or --xyz FILE")
+    if xyz is not None:
+        mols = read_xyz(xyz, energy_key=energy_key)
+        if mols.energies is None:
+            raise click.ClickException(f"{xyz}: frames carry no '{energy_key}' values to train on")
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(len(mols))
+        n_test = min(n_test or 0, len(mols) - 1)
+        test, train = perm[:n_test], perm[n_test:]
+        if n_train:
+            train = train[:n_train]
+        return mols[train], (mols[test] if n_test else None), unit
+    if n_train is None:
+        raise click.UsageError("--n-train is required with --dataset qm9")
+    if not quiet:
+        click.echo(f"loading QM9 ({n_train + (n_test or 0)} molecules, seed {seed}) ...", err=True)
+    mols = load_qm9(n_train + (n_test or 0), seed=seed, property=prop, unit=unit)
+    return mols[:n_train], (mols[n_train:] if n_test else None), unit
+
+
+def _make_model(representation, kernel, sigma, lam, unit, metric=None):
+    from .model import MolecularKRR
+    from .representations import make_representation
+
+    return MolecularKRR(make_representation(representation), kernel=kernel, sigma=sigma, lam=lam, metric=metric, energy_unit=unit)
+
+
+# ----------------------------------------------------------------------------- commands
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="molkrr")
+def cli() -> None:
+    """Kernel ridge regression on molecules, with analytic forces and metric learning."""
+
+
+_rep_option = click.option(
+    "--representation", type=click.Choice(REPRESENTATIONS), default="cm-sorted", show_default=True
+)
+_kernel_option = click.option("--kernel", type=click.Choice(sorted(KERNELS)), default="gaussian", show_default=True)
+_quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(["qm9"]), help="Train on QM9 (offline, from the qm9pack package).")
+@click.option("--xyz", type=click.Path(dir_okay=False), help="Train on an (extended) XYZ file with energies.")
+@click.option("--energy-key", default="energy", show_default=True, help="extXYZ info key holding the energy.")
+@click.option("--n-train", type=click.IntRange(2), help="Training molecules (required for QM9).")
+@click.option("--n-test", type=click.IntRange(0), default=0, show_default=True, help="Held-out molecules to report MAE on.")
+@click.option("--property", "prop", default="atomization_energy", show_default=True, help="QM9 target.")
+@click.option("--unit", default="kcal/mol", show_default=True, help="Energy unit (QM9: Ha, eV, kcal/mol; XYZ: as written).")
+@_rep_option
+@_kernel_option
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), help="Kernel width; selected automatically if omitted.")
+@click.option("--lam", type=click.FloatRange(min=0), help="Ridge; selected with sigma if omitted.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="model.npz", show_default=True)
+@_quiet_option
+@_friendly
+def train(dataset, xyz, energy_key, n_train, n_test, prop, unit, representation, kernel, sigma, lam, seed, output, quiet):
+    """Train a model and save it (npz + JSON header, no pickle)."""
+    if sigma is not None and lam is None:
+        lam = 1e-8
+    train_set, test_set, unit = _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, seed, quiet)
+    model = _make_model(representation, kernel, sigma, lam, unit if dataset else (unit if xyz and unit != "kcal/mol" else None))
+    t0 = time.perf_counter()
+    model.fit(train_set, progress=not quiet)
+    seconds = time.perf_counter() - t0
+    click.echo(
+        f"trained on {len(train_set)} molecules in {seconds:.1f} s ({representation}, {kernel} kernel, "
+        f"sigma={model.sigma_:.4g}, lambda={model.lam_:.1e})"
+    )
+    if test_set is not None and len(test_set):
+        pred = model.predict(test_set)
+        mae = float(np.mean(np.abs(pred - test_set.energies)))
+        click.echo(f"test MAE on {len(test_set)} molecules: {mae:.4g} {model.energy_unit or ''}".rstrip())
+    model.save(output)
+    click.echo(f"model written to {output}")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.argument("xyz", metavar="FILE.xyz", type=click.Path(dir_okay=False))
+@click.option("--forces", is_flag=True, help="Also predict forces (−∂E/∂R).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write an extended XYZ with the predictions.")
+@_quiet_option
+@_friendly
+def predict(model_path, xyz, forces, output, quiet):
+    """Predict energies (and forces) for every frame of an XYZ file."""
+    from .datasets import read_xyz, write_xyz
+    from .persistence import load_model
+
+    model = load_model(model_path)
+    mols = read_xyz(xyz)
+    idx = np.arange(len(mols))
+    chunks = [idx[i : i + CHUNK] for i in range(0, len(idx), CHUNK)]
+    energies, all_forces = [], []
+    for c in _progress(chunks, "predicting", quiet or len(chunks) < 2, unit="chunk"):
+        if forces:
+            e, f = model.predict_energies_and_forces(mols[c])
+            all_forces.extend(f)
+        else:
+            e = model.predict(mols[c])
+        energies.append(e)
+    energies = np.concatenate(energies)
+    unit = model.energy_unit or "(model units)"
+    if output:
+        write_xyz(output, mols, energies=energies, forces=all_forces if forces else None)
+        click.echo(f"wrote {len(mols)} frames to {output}")
+    else:
+        for i, e in enumerate(energies):
+            line = f"{i:6d}  E = {e: .6f} {unit}"
+            if forces:
+                line += f"  max|F| = {np.abs(all_forces[i]).max():.4g} {unit}/Å"
+            click.echo(line)
+
+
+@cli.command()
+@click.option("--n-train", type=click.IntRange(10), default=2000, show_default=True)
+@click.option("--n-test", type=click.IntRange(1), default=500, show_default=True)
+@_rep_option
+@click.option("--kernel", type=click.Choice(sorted(KERNELS)), default="laplacian", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_quiet_option
+@_friendly
+def demo(n_train, n_test, representation, kernel, seed, quiet):
+    """Train on a QM9 subset, report the test MAE, and check forces for one molecule against finite differences."""
+    from .datasets import load_qm9
+
+    unit = "kcal/mol"
+    click.echo(f"molkrr demo: QM9 atomisation energies, {representation} + {kernel} kernel")
+    mols = load_qm9(n_train + n_test, seed=seed, unit=unit)
+    train_set, test_set = mols[:n_train], mols[n_train:]
+    model = _make_model(representation, kernel, None, None, unit)
+    t0 = time.perf_counter()
+    model.fit(train_set, progress=not quiet)
+    seconds = time.perf_counter() - t0
+    pred = model.predict(test_set)
+    mae = float(np.mean(np.abs(pred - test_set.energies)))
+    baseline = float(np.mean(np.abs(test_set.energies - train_set.energies.mean())))
+    click.echo(f"trained on {n_train} molecules in {seconds:.1f} s (sigma={model.sigma_:.4g}, lambda={model.lam_:.1e})")
+    click.echo(f"test MAE on {n_test} molecules: {mae:.3f} {unit}   (predicting the mean: {baseline:.1f} {unit})")
+
+    mol = test_set[0]
+    t0 = time.perf_counter()
+    _, (F,) = model.predict_energies_and_forces(mol)
+    t_analytic = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    F_fd = -finite_difference_gradient(model.predict, mol)
+    t_fd = time.perf_counter() - t0
+    from ase.data import chemical_symbols
+
+    click.echo(f"\nforces on test molecule 0 ({unit}/Å): analytic vs central finite differences (h = 1e-4 Å)")
+    click.echo(f"{'atom':>6} {'analytic Fx':>12} {'Fy':>10} {'Fz':>10} {'FD Fx':>12} {'Fy':>10} {'Fz':>10}")
+    for a, (z, f, g) in enumerate(zip(mol.numbers, F, F_fd)):
+        click.echo(f"{a:>3} {chemical_symbols[z]:<2} {f[0]:12.5f} {f[1]:10.5f} {f[2]:10.5f} {g[0]:12.5f} {g[1]:10.5f} {g[2]:10.5f}")
+    rel = np.abs(F - F_fd).max() / max(np.abs(F_fd).max(), 1e-300)
+    click.echo(
+        f"max |analytic − FD| / max |F| = {rel:.2e};  analytic {t_analytic * 1e3:.2f} ms, finite differences {t_fd * 1e3:.1f} ms"
+    )
+
+
+def finite_difference_gradient(energy: Callable, molecule, h: float = 1e-4) -> np.ndarray:
+    """Central finite-difference ∂E/∂R (n_atoms, 3) of ``energy(Molecules) -> (1,)`` for one molecule."""
+    from .molecules import Molecules
+
+    R = molecule.positions
+    plus, minus = [], []
+    for a in range(R.shape[0]):
+        for k in range(3):
+            for sign, bucket in ((1.0, plus), (-1.0, minus)):
+                Rd = R.copy()
+                Rd[a, k] += sign * h
+                bucket.append(molecule.with_positions(Rd))
+    batch = Molecules.concatenate(plus + minus)
+    E = energy(batch)
+    n = R.size
+    return ((E[:n] - E[n:]) / (2 * h)).reshape(R.shape)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``molkrr`` command."""
+    cli.main(args=argv, prog_name="molkrr")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
