@@ -173,6 +173,7 @@ def predict(model_path, xyz, forces, output, quiet):
 def demo(n_train, n_test, representation, kernel, seed, quiet):
     """Train on a QM9 subset, report the test MAE, and check forces for one molecule against finite differences."""
     from .datasets import load_qm9
+    from .model import finite_difference_forces
 
     unit = "kcal/mol"
     click.echo(f"molkrr demo: QM9 atomisation energies, {representation} + {kernel} kernel")
@@ -193,7 +194,7 @@ def demo(n_train, n_test, representation, kernel, seed, quiet):
     _, (F,) = model.predict_energies_and_forces(mol)
     t_analytic = time.perf_counter() - t0
     t0 = time.perf_counter()
-    F_fd = -finite_difference_gradient(model.predict, mol)
+    F_fd = finite_difference_forces(model, mol)
     t_fd = time.perf_counter() - t0
     from ase.data import chemical_symbols
 
@@ -205,24 +206,6 @@ def demo(n_train, n_test, representation, kernel, seed, quiet):
     click.echo(
         f"max |analytic − FD| / max |F| = {rel:.2e};  analytic {t_analytic * 1e3:.2f} ms, finite differences {t_fd * 1e3:.1f} ms"
     )
-
-
-def finite_difference_gradient(energy: Callable, molecule, h: float = 1e-4) -> np.ndarray:
-    """Central finite-difference ∂E/∂R (n_atoms, 3) of ``energy(Molecules) -> (1,)`` for one molecule."""
-    from .molecules import Molecules
-
-    R = molecule.positions
-    plus, minus = [], []
-    for a in range(R.shape[0]):
-        for k in range(3):
-            for sign, bucket in ((1.0, plus), (-1.0, minus)):
-                Rd = R.copy()
-                Rd[a, k] += sign * h
-                bucket.append(molecule.with_positions(Rd))
-    batch = Molecules.concatenate(plus + minus)
-    E = energy(batch)
-    n = R.size
-    return ((E[:n] - E[n:]) / (2 * h)).reshape(R.shape)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -71,6 +71,17 @@ class Kernel:
 
     def __call__(self, A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:
         """Kernel matrix (n_a, n_b) between the rows of A and B (B = A if omitted)."""
+        return self.from_distances(self.distances(A, A if B is None else B))
+
+    def distances(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """The σ-free pairwise quantity the kernel is a function of, (n_a, n_b) (r², r, r₁ or a·b)."""
+        raise NotImplementedError
+
+    def from_distances(self, D: np.ndarray) -> np.ndarray:
+        """Kernel values from :meth:`distances`' output; may overwrite and return D.
+
+        Computing D once and calling this for many σ is how (σ, λ) selection stays cheap.
+        """
         raise NotImplementedError
 
     def gradient(self, A: np.ndarray, B: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -86,10 +97,12 @@ class GaussianKernel(Kernel):
 
     name = "gaussian"
 
-    def __call__(self, A, B=None):
-        K = squared_distances(A, A if B is None else B)
-        K *= -0.5 / self.sigma**2
-        return np.exp(K, out=K)
+    def distances(self, A, B):
+        return squared_distances(A, B)
+
+    def from_distances(self, D):
+        D *= -0.5 / self.sigma**2
+        return np.exp(D, out=D)
 
     def gradient(self, A, B, weights):
         A, B, w = _check_gradient_args(A, B, weights)
@@ -108,9 +121,11 @@ class _RadialKernel(Kernel):
     def _phi(self, r: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def __call__(self, A, B=None):
-        r = np.sqrt(squared_distances(A, A if B is None else B))
-        return self._value(r)
+    def distances(self, A, B):
+        return np.sqrt(squared_distances(A, B))
+
+    def from_distances(self, D):
+        return self._value(D)
 
     def gradient(self, A, B, weights):
         A, B, w = _check_gradient_args(A, B, weights)
@@ -154,17 +169,20 @@ class LaplacianKernel(Kernel):
 
     name = "laplacian"
 
-    def __call__(self, A, B=None):
+    def from_distances(self, D):
+        D *= -1.0 / self.sigma
+        return np.exp(D, out=D)
+
+    def distances(self, A, B):
         A = np.asarray(A, dtype=np.float64)
-        B = A if B is None else np.asarray(B, dtype=np.float64)
+        B = np.asarray(B, dtype=np.float64)
         if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
             raise ShapeMismatchError(f"feature matrices of shapes {A.shape} and {B.shape} do not match")
         K = np.empty((A.shape[0], B.shape[0]))
         for start in range(0, A.shape[0], ROW_BLOCK):
             stop = min(start + ROW_BLOCK, A.shape[0])
             K[start:stop] = cdist(A[start:stop], B, "cityblock")
-        K *= -1.0 / self.sigma
-        return np.exp(K, out=K)
+        return K
 
     def gradient(self, A, B, weights):
         A, B, w = _check_gradient_args(A, B, weights)
@@ -183,9 +201,12 @@ class LinearKernel(Kernel):
 
     name = "linear"
 
-    def __call__(self, A, B=None):
+    def from_distances(self, D):
+        return D
+
+    def distances(self, A, B):
         A = np.asarray(A, dtype=np.float64)
-        B = A if B is None else np.asarray(B, dtype=np.float64)
+        B = np.asarray(B, dtype=np.float64)
         if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
             raise ShapeMismatchError(f"feature matrices of shapes {A.shape} and {B.shape} do not match")
         K = np.empty((A.shape[0], B.shape[0]))

@@ -150,8 +150,11 @@ def select_hyperparameters(
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="selecting sigma, lambda", unit="sigma")
+    D = make_kernel(kernel, 1.0).distances(X, X)  # σ-free, computed once
+    K = np.empty_like(D)
     for i, sigma in steps:
-        K = make_kernel(kernel, sigma)(X)
+        K[...] = D
+        K = make_kernel(kernel, sigma).from_distances(K)
         for val in folds:
             train = np.setdiff1d(perm, val, assume_unique=True)
             y_tr = y[train]

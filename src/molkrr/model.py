@@ -106,7 +106,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
 
     def predict(self, molecules: Any) -> np.ndarray:
         """Energies, shape (n_molecules,), in ``energy_unit``."""
-        return self.krr_.predict(self.features(molecules))
+        Z = self.features(molecules)
+        return self.krr_.predict(Z)
 
     def predict_forces(self, molecules: Any) -> list[np.ndarray]:
         """Forces −∂E/∂R: one (n_atoms_i, 3) array per molecule, in energy_unit / Å."""
@@ -136,6 +137,27 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         from .persistence import save_model
 
         save_model(self, path)
+
+
+def finite_difference_forces(model: Any, molecule: Any, h: float = 1e-4) -> np.ndarray:
+    """Forces −∂E/∂R (n_atoms, 3) of one molecule by central differences of ``model.predict`` (step h in Å).
+
+    A check for the analytic forces, never used to compute them: 6·n_atoms energy evaluations.
+    """
+    mol = as_molecules(molecule)
+    if len(mol) != 1:
+        raise ShapeMismatchError(f"finite_difference_forces takes one molecule, got {len(mol)}")
+    R = mol.positions
+    displaced = []
+    for sign in (1.0, -1.0):
+        for a in range(R.shape[0]):
+            for k in range(3):
+                Rd = R.copy()
+                Rd[a, k] += sign * h
+                displaced.append(mol.with_positions(Rd))
+    E = model.predict(Molecules.concatenate(displaced))
+    n = R.size
+    return -((E[:n] - E[n:]) / (2 * h)).reshape(R.shape)
 
 
 def transform_in_chunks(rep: Any, mols: Molecules, *, progress: bool = False, chunk: int = 1000) -> np.ndarray:

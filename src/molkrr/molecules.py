@@ -14,6 +14,7 @@ import numpy as np
 from .errors import (
     CoincidentAtomsError,
     EmptyMoleculeError,
+    InvalidInputError,
     NonFiniteCoordinatesError,
     ShapeMismatchError,
     UnknownElementError,
@@ -60,7 +61,12 @@ class Molecules:
         validate: bool = True,
     ) -> None:
         self.numbers = _as_int_array(numbers, "numbers")
-        self.positions = np.array(positions, dtype=np.float64, copy=True).reshape(-1, 3) if np.size(positions) else np.zeros((0, 3))
+        try:
+            pos = np.array(positions, dtype=np.float64, copy=True)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"positions must be a numeric (n_atoms, 3) array: {exc}") from None
+        # a wrong shape is kept as is when it cannot be reshaped, so that validation reports it
+        self.positions = pos.reshape(-1, 3) if pos.size % 3 == 0 else pos
         self.offsets = _as_int_array(offsets, "offsets")
         self.energies = None if energies is None else np.array(energies, dtype=np.float64).reshape(-1)
         self.forces = None if forces is None else np.array(forces, dtype=np.float64)
@@ -205,12 +211,18 @@ class Molecules:
         else:
             idx = np.asarray(index)
             if idx.dtype == bool:
+                if idx.shape != (len(self),):
+                    raise IndexError(f"boolean mask of shape {idx.shape} for {len(self)} molecules")
                 idx = np.flatnonzero(idx)
         return self.subset(idx)
 
     def subset(self, indices: Any) -> "Molecules":
         """The molecules at ``indices`` (any integer sequence), in that order."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"molecule indices must lie in {-n}..{n - 1}, got {idx.min()}..{idx.max()}")
+        idx = np.where(idx < 0, idx + n, idx)  # offsets[-1] is the end, not the last molecule's start
         counts = self.n_atoms[idx]
         atom_idx = _ragged_arange(self.offsets[idx], counts)
         return Molecules(
@@ -285,6 +297,8 @@ class Molecules:
         if len(raw_positions_shape) != 2 or raw_positions_shape[-1] != 3 or raw_positions_shape[0] != n_total:
             raise ShapeMismatchError(f"positions must have shape ({n_total}, 3), got {raw_positions_shape}")
         off = self.offsets
+        if off.shape == (1,) and n_total == 0:
+            raise EmptyMoleculeError("no molecules given")
         if off.ndim != 1 or len(off) < 2 or off[0] != 0 or off[-1] != n_total:
             raise ShapeMismatchError(f"offsets must run from 0 to {n_total} with at least one molecule, got {off[:5]}...")
         counts = np.diff(off)
@@ -314,7 +328,9 @@ class Molecules:
             if size < 2:
                 continue
             _, pos = self.stacked(idx)
-            d2 = np.sum((pos[:, :, None, :] - pos[:, None, :, :]) ** 2, axis=-1)
+            d2 = np.zeros((pos.shape[0], size, size))
+            for k in range(3):  # one axis at a time: no (m, n, n, 3) temporary
+                d2 += (pos[:, :, None, k] - pos[:, None, :, k]) ** 2
             d2[:, np.arange(size), np.arange(size)] = np.inf
             close = d2 < MIN_INTERATOMIC_DISTANCE**2
             if close.any():
@@ -346,7 +362,10 @@ def as_molecules(data: Any) -> Molecules:
 def _as_int_array(values: Any, name: str) -> np.ndarray:
     arr = np.array(values, copy=True)
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        as_float = arr.astype(np.float64)
+        try:
+            as_float = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise UnknownElementError(f"{name} must be integers, got {values!r:.80}") from None
         if not np.all(np.isfinite(as_float)) or not np.all(as_float == np.round(as_float)):
             raise UnknownElementError(f"{name} must be integers, got {values!r:.80}")
     return arr.astype(np.int64).reshape(-1)
