@@ -1,0 +1,118 @@
+"""Throughput of CoulombMatrix.transform against qmllib, measured in the same run.
+
+    .venv/bin/python benchmarks/coulomb.py [--n 20000] [--repeats 3]
+
+Molecules: QM9 via molkrr.datasets.qm9.load_qm9 (random subset, seed 0); if that loader is not
+available, the first n rows of qm9pack's qm9_part1.csv. Sizes: 29 (all of QM9 fits).
+qmllib is called once per molecule (its API is per molecule) with its OpenMP pool limited to one
+thread: on molecules this small its threaded code is mostly synchronisation overhead (10-20x
+slower on this 2-core machine; ``--qmllib-default-threads`` measures that too, which takes minutes).
+Times are the best of ``--repeats`` runs after one warm-up (which also loads the numba cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import re
+import time
+
+import numpy as np
+
+from molkrr.molecules import Molecules
+from molkrr.representations.coulomb import CoulombMatrix
+
+SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
+
+
+def load_molecules(n: int) -> tuple[Molecules, str]:
+    try:
+        from molkrr.datasets.qm9 import load_qm9
+
+        return load_qm9(n=n, seed=0), f"load_qm9(n={n}, seed=0)"
+    except Exception as exc:  # the loader is optional for this benchmark
+        print(f"(load_qm9 unavailable: {exc!r}; reading qm9_part1.csv directly)")
+    path = importlib.util.find_spec("qm9pack").submodule_search_locations[0] + "/data/qm9_part1.csv"
+    Zs, Rs = [], []
+    with open(path, newline="") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            if i >= n:
+                break
+            Zs.append(np.array([SYMBOLS[s] for s in json.loads(row["Elements"].replace("'", '"'))]))
+            Rs.append(np.array(json.loads(re.sub(r"\.(?=[,\]])", ".0", row["XYZ_Ang"]))))
+    return Molecules.from_list(Zs, Rs), f"first {n} rows of qm9_part1.csv"
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000, help="number of QM9 molecules")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--qmllib-default-threads", action="store_true", help="also time qmllib's default OpenMP pool")
+    args = parser.parse_args()
+
+    from qmllib.representations import generate_coulomb_matrix, generate_coulomb_matrix_eigenvalue
+    from threadpoolctl import threadpool_limits
+
+    mols, source = load_molecules(args.n)
+    size = 29
+    per_mol = [(Z.astype(np.float64), R) for Z, R in mols]
+    print(f"{len(mols)} molecules ({source}), {int(mols.n_atoms.min())}-{int(mols.n_atoms.max())} atoms, size {size}")
+
+    rows = []
+    for variant in ("sorted", "unsorted", "eigenvalues"):
+        rep = CoulombMatrix(variant, size=size).fit(mols)
+        t_ours = best_time(lambda: rep.transform(mols), args.repeats)
+        if variant == "eigenvalues":
+            q = lambda: [generate_coulomb_matrix_eigenvalue(Z, R, size=size) for Z, R in per_mol]  # noqa: E731
+        else:
+            sorting = "row-norm" if variant == "sorted" else "unsorted"
+            q = lambda: [generate_coulomb_matrix(Z, R, size=size, sorting=sorting) for Z, R in per_mol]  # noqa: E731
+        reps = 1 if variant == "eigenvalues" else args.repeats  # qmllib's padded dsyev is slow
+        with threadpool_limits(1, user_api="openmp"):
+            t_q1 = best_time(q, reps)
+            X = rep.transform(mols)  # same numbers?
+            err = np.abs(X - np.array(q())).max()
+        t_q = best_time(q, 1) if args.qmllib_default_threads else np.nan
+        rows.append((variant, len(mols) / t_ours, len(mols) / t_q1, len(mols) / t_q, err))
+
+    print()
+    print(f"{'variant':<12} {'molkrr mol/s':>13} {'qmllib mol/s':>13} {'ratio':>7} {'max |diff|':>10}", end="")
+    print(f" {'qmllib default threads':>23}" if args.qmllib_default_threads else "")
+    for variant, ours, q1, q, err in rows:
+        print(f"{variant:<12} {ours:13,.0f} {q1:13,.0f} {ours / q1:7.1f} {err:10.1e}", end="")
+        print(f" {q:23,.0f}" if args.qmllib_default_threads else "")
+
+    # vjp / jacobian for one molecule (the largest in the set)
+    i = int(np.argmax(mols.n_atoms))
+    one = mols[i]
+    print()
+    print(f"one molecule, {int(one.n_atoms[0])} atoms:")
+    print(f"{'variant':<12} {'transform µs':>13} {'vjp µs':>9} {'jacobian µs':>12}")
+    for variant in ("sorted", "unsorted", "eigenvalues"):
+        rep = CoulombMatrix(variant, size=size).fit(mols)
+        G = np.random.default_rng(0).normal(size=(1, rep.n_features_))
+        t_x = best_time(lambda: rep.transform(one), 20)
+        t_v = best_time(lambda: rep.vjp(one, G), 20)
+        t_j = best_time(lambda: rep.jacobian(one), 3)
+        print(f"{variant:<12} {t_x * 1e6:13.0f} {t_v * 1e6:9.0f} {t_j * 1e6:12.0f}")
+    # vjp over the whole batch
+    rep = CoulombMatrix("sorted", size=size).fit(mols)
+    G = np.random.default_rng(0).normal(size=(len(mols), rep.n_features_))
+    t_vb = best_time(lambda: rep.vjp(mols, G), 1)
+    print(f"\nvjp (sorted) over all {len(mols)} molecules: {len(mols) / t_vb:,.0f} molecules/s")
+
+
+if __name__ == "__main__":
+    main()
