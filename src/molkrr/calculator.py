@@ -1,0 +1,168 @@
+"""An ASE calculator for trained molkrr models: energies in eV, forces in eV/Å.
+
+>>> from molkrr.calculator import MolkrrCalculator
+>>> atoms.calc = MolkrrCalculator("model.npz")          # or a fitted MolecularKRR
+>>> BFGS(atoms).run(fmax=0.05)
+
+The model predicts in its ``energy_unit`` (forces in energy_unit/Å); the calculator multiplies
+both by the value of one such unit in eV, taken from :mod:`ase.units`. Energy and forces come
+from one :meth:`MolecularKRR.predict_energies_and_forces` call and are cached by ASE until the
+atoms change.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from .errors import InvalidInputError, MoleculeError, NotDifferentiableError
+from .molecules import Molecules
+
+__all__ = ["MolkrrCalculator", "ENERGY_UNITS", "ev_per_unit"]
+
+#: Energy units the calculator converts from (canonical spellings).
+ENERGY_UNITS: tuple[str, ...] = ("eV", "meV", "Ha", "kcal/mol", "kJ/mol")
+_UNIT_ALIASES = {
+    "ev": "eV",
+    "mev": "meV",
+    "ha": "Ha",
+    "hartree": "Ha",
+    "eh": "Ha",
+    "au": "Ha",
+    "a.u.": "Ha",
+    "kcal/mol": "kcal/mol",
+    "kj/mol": "kJ/mol",
+}
+
+
+def ev_per_unit(unit: str) -> float:
+    """The value in eV of one ``unit`` (one of :data:`ENERGY_UNITS`, case-insensitive; 'Hartree' = 'Ha').
+
+    Raises InvalidInputError (a ValueError) for an unknown unit.
+    """
+    from ase import units
+
+    key = _UNIT_ALIASES.get(str(unit).strip().lower()) if isinstance(unit, str) else None
+    if key is None:
+        raise InvalidInputError(f"unknown energy unit {unit!r}; the calculator converts from {', '.join(ENERGY_UNITS)}")
+    return {
+        "eV": 1.0,
+        "meV": 1e-3,
+        "Ha": units.Hartree,
+        "kcal/mol": units.kcal / units.mol,
+        "kJ/mol": units.kJ / units.mol,
+    }[key] / units.eV
+
+
+class MolkrrCalculator(Calculator):
+    """ASE calculator wrapping a fitted :class:`molkrr.MolecularKRR` (molecules only, no periodic cells).
+
+    Parameters
+    ----------
+    model : MolecularKRR or path, optional
+        A fitted model, or the path of a model file written by :func:`molkrr.save_model`
+        (read with :func:`molkrr.load_model`: npz + JSON, never pickle).
+    model_path : path, optional
+        Alternative keyword for a model file; give ``model`` or ``model_path``, not both.
+    energy_unit : str, optional
+        Unit the model predicts energies in ('eV', 'meV', 'Ha', 'kcal/mol', 'kJ/mol'); overrides
+        ``model.energy_unit``. One of the two must be known: ASE works in eV.
+    **kwargs
+        Passed on to :class:`ase.calculators.calculator.Calculator` (``label``, ``directory``, ...).
+
+    Attributes
+    ----------
+    model : the MolecularKRR in use.
+    energy_unit : str — canonical spelling of the model's unit.
+    ev_per_unit : float — eV per model energy unit (forces: eV/Å per energy_unit/Å).
+    n_model_calls : int — number of model evaluations so far (ASE caches results between them).
+
+    Results: ``energy`` and ``free_energy`` (eV, equal: the model has no electronic entropy),
+    ``forces`` (n_atoms, 3) in eV/Å.
+
+    Raises
+    ------
+    InvalidInputError (ValueError)
+        No energy unit known, an unknown unit, or both/neither of model and model_path.
+    ModelFileError
+        The model file is missing, corrupt or not a molkrr model.
+    MoleculeError subclasses
+        At calculation: periodic boundary conditions (``MoleculeError``), non-finite coordinates,
+        coincident atoms, atomic numbers outside 1..118; the representation raises
+        UnknownElementError / RepresentationSizeError for elements or sizes it was not fitted on.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+    name = "molkrr"
+
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        model_path: str | os.PathLike | None = None,
+        energy_unit: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if model is not None and model_path is not None:
+            raise InvalidInputError("give either model or model_path, not both")
+        if model is None and model_path is None:
+            raise InvalidInputError("no model: pass a fitted MolecularKRR or the path of a saved model")
+        if model is None or isinstance(model, (str, os.PathLike)):
+            from .persistence import load_model
+
+            model = load_model(model if model is not None else model_path)
+        from sklearn.utils.validation import check_is_fitted
+
+        from .model import MolecularKRR
+
+        if not isinstance(model, MolecularKRR):
+            raise TypeError(f"model must be a fitted molkrr.MolecularKRR or a model file path, got {type(model).__name__}")
+        check_is_fitted(model)
+        unit = energy_unit if energy_unit is not None else getattr(model, "energy_unit", None)
+        if unit is None:
+            raise InvalidInputError(
+                "the model's energy unit is unknown: pass energy_unit= (e.g. 'eV', 'kcal/mol', 'Ha') "
+                "or fit MolecularKRR(..., energy_unit=...); ASE needs energies in eV"
+            )
+        self.ev_per_unit = ev_per_unit(unit)
+        self.energy_unit = _UNIT_ALIASES[str(unit).strip().lower()]
+        self.model = model
+        self.n_model_calls = 0
+        super().__init__(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"MolkrrCalculator(model={type(self.model).__name__}(...), energy_unit={self.energy_unit!r})"
+
+    def calculate(
+        self,
+        atoms: Any = None,
+        properties: Any = ("energy",),
+        system_changes: Any = tuple(all_changes),
+    ) -> None:
+        """Fill ``self.results`` with energy, free_energy (eV) and forces (eV/Å) for ``atoms``."""
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if np.any(atoms.pbc):
+            raise MoleculeError(
+                f"periodic boundary conditions (pbc={atoms.pbc.tolist()}) are not supported: molkrr's "
+                "representations are molecular; set atoms.pbc = False for an isolated molecule"
+            )
+        mol = Molecules.from_list([atoms.get_atomic_numbers()], [atoms.get_positions()])  # validates
+        self.n_model_calls += 1
+        try:
+            energies, forces = self.model.predict_energies_and_forces(mol)
+        except NotDifferentiableError:
+            if "forces" in properties:
+                raise PropertyNotImplementedError(
+                    "forces: this model is not differentiable with respect to positions"
+                ) from None
+            energies, forces = self.model.predict(mol), None
+        energy = float(energies[0]) * self.ev_per_unit
+        if not np.isfinite(energy):  # pragma: no cover - guarded by validation upstream
+            raise InvalidInputError("the model returned a non-finite energy")
+        self.results = {"energy": energy, "free_energy": energy}
+        if forces is not None:
+            self.results["forces"] = np.asarray(forces[0], dtype=np.float64) * self.ev_per_unit
