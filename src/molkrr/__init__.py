@@ -7,12 +7,18 @@ from .krr import KernelRidge, select_hyperparameters
 from .model import MolecularKRR
 from .molecules import Molecules
 from .persistence import load_model, save_model
+from .representations.bob import BagOfBonds
 from .representations.coulomb import CoulombMatrix
+from .representations.fchl19 import FCHL19
+from .calculator import MolkrrCalculator
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BagOfBonds",
     "CoulombMatrix",
+    "FCHL19",
+    "MolkrrCalculator",
     "KernelRidge",
     "MolecularKRR",
     "Molecules",

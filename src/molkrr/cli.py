@@ -61,17 +61,21 @@ def _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, s
         return mols[train], (mols[test] if n_test else None), unit
     if n_train is None:
         raise click.UsageError("--n-train is required with --dataset qm9")
+    unit = unit or "kcal/mol"
     if not quiet:
         click.echo(f"loading QM9 ({n_train + (n_test or 0)} molecules, seed {seed}) ...", err=True)
     mols = load_qm9(n_train + (n_test or 0), seed=seed, property=prop, unit=unit)
     return mols[:n_train], (mols[n_train:] if n_test else None), unit
 
 
-def _make_model(representation, kernel, sigma, lam, unit, metric=None):
+def _make_model(representation, kernel, sigma, lam, unit, metric=None, qm9=False):
+    """A MolecularKRR; for QM9 the representation is sized to hold every QM9 molecule."""
+    from .datasets.qm9 import representation_params
     from .model import MolecularKRR
     from .representations import make_representation
 
-    return MolecularKRR(make_representation(representation), kernel=kernel, sigma=sigma, lam=lam, metric=metric, energy_unit=unit)
+    rep = make_representation(representation, **(representation_params(representation) if qm9 else {}))
+    return MolecularKRR(rep, kernel=kernel, sigma=sigma, lam=lam, metric=metric, energy_unit=unit)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -95,7 +99,7 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 @click.option("--n-train", type=click.IntRange(2), help="Training molecules (required for QM9).")
 @click.option("--n-test", type=click.IntRange(0), default=0, show_default=True, help="Held-out molecules to report MAE on.")
 @click.option("--property", "prop", default="atomization_energy", show_default=True, help="QM9 target.")
-@click.option("--unit", default="kcal/mol", show_default=True, help="Energy unit (QM9: Ha, eV, kcal/mol; XYZ: as written).")
+@click.option("--unit", default=None, help="Energy unit. QM9: Ha, eV or kcal/mol (default kcal/mol); XYZ: the unit the file is in (recorded with the model).")
 @_rep_option
 @_kernel_option
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), help="Kernel width; selected automatically if omitted.")
@@ -109,7 +113,7 @@ def train(dataset, xyz, energy_key, n_train, n_test, prop, unit, representation,
     if sigma is not None and lam is None:
         lam = 1e-8
     train_set, test_set, unit = _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, seed, quiet)
-    model = _make_model(representation, kernel, sigma, lam, unit if dataset else (unit if xyz and unit != "kcal/mol" else None))
+    model = _make_model(representation, kernel, sigma, lam, unit, qm9=dataset == "qm9")
     t0 = time.perf_counter()
     model.fit(train_set, progress=not quiet)
     seconds = time.perf_counter() - t0
@@ -165,8 +169,8 @@ def predict(model_path, xyz, forces, output, quiet):
 @cli.command()
 @click.option("--n-train", type=click.IntRange(10), default=2000, show_default=True)
 @click.option("--n-test", type=click.IntRange(1), default=500, show_default=True)
-@_rep_option
-@click.option("--kernel", type=click.Choice(sorted(KERNELS)), default="laplacian", show_default=True)
+@click.option("--representation", type=click.Choice(REPRESENTATIONS), default="fchl19", show_default=True)
+@click.option("--kernel", type=click.Choice(sorted(KERNELS)), default="gaussian", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @_quiet_option
 @_friendly
@@ -179,7 +183,7 @@ def demo(n_train, n_test, representation, kernel, seed, quiet):
     click.echo(f"molkrr demo: QM9 atomisation energies, {representation} + {kernel} kernel")
     mols = load_qm9(n_train + n_test, seed=seed, unit=unit)
     train_set, test_set = mols[:n_train], mols[n_train:]
-    model = _make_model(representation, kernel, None, None, unit)
+    model = _make_model(representation, kernel, None, None, unit, qm9=True)
     t0 = time.perf_counter()
     model.fit(train_set, progress=not quiet)
     seconds = time.perf_counter() - t0

@@ -40,6 +40,19 @@ __all__ = [
 
 #: Number of molecules in the qm9pack CSVs (QM9 without the 3,054 that failed the geometry check).
 N_MOLECULES = 130_831
+#: Largest QM9 molecule (atoms) and largest count of each element in one molecule: representation
+#: sizes that hold every QM9 molecule (Coulomb-matrix size, Bag-of-Bonds bag sizes).
+MAX_ATOMS = 29
+MAX_ELEMENT_COUNTS = {1: 20, 6: 9, 7: 7, 8: 5, 9: 6}
+
+
+def representation_params(name: str) -> dict:
+    """Parameters that size representation ``name`` (see molkrr.representations) for all of QM9."""
+    if name.startswith("cm-"):
+        return {"size": MAX_ATOMS}
+    if name == "bob":
+        return {"bag_sizes": dict(MAX_ELEMENT_COUNTS)}
+    return {}
 
 #: Free-atom U0 (Hartree) used for the atomisation energy, keyed by atomic number.
 ATOM_REFERENCES_HA: dict[int, float] = {1: -0.500273, 6: -37.846772, 7: -54.583861, 8: -75.064579, 9: -99.718730}

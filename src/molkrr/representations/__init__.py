@@ -33,4 +33,20 @@ def make_representation(name: str, **params: Any) -> Representation:
     raise ValueError(f"unknown representation {name!r}; choose one of {', '.join(REPRESENTATIONS)}")
 
 
-__all__ = ["REPRESENTATIONS", "Representation", "make_representation"]
+def __getattr__(name: str) -> Any:  # lazy: importing numba kernels only when a class is used
+    if name == "CoulombMatrix":
+        from .coulomb import CoulombMatrix
+
+        return CoulombMatrix
+    if name == "BagOfBonds":
+        from .bob import BagOfBonds
+
+        return BagOfBonds
+    if name == "FCHL19":
+        from .fchl19 import FCHL19
+
+        return FCHL19
+    raise AttributeError(name)
+
+
+__all__ = ["REPRESENTATIONS", "BagOfBonds", "CoulombMatrix", "FCHL19", "Representation", "make_representation"]
