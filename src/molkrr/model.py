@@ -7,6 +7,7 @@ docs/forces.md for the derivation.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from typing import Any
@@ -34,6 +35,9 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         (:func:`molkrr.krr.select_hyperparameters`).
     metric : transformer with ``components_``, optional
         A learned linear map z = A x (e.g. :class:`molkrr.MLKRR`), fitted on the training features.
+    prefit_metric : bool
+        Use ``metric`` as already fitted (neither cloned nor refitted): metric learning can take hours,
+        and its result is then reused for any number of KRR fits.
     center : bool
         Fit to y minus its mean.
     energy_unit : str, optional
@@ -50,6 +54,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         sigma: float | None = None,
         lam: float | None = 1e-8,
         metric: Any = None,
+        prefit_metric: bool = False,
         center: bool = True,
         energy_unit: str | None = None,
     ) -> None:
@@ -58,6 +63,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.sigma = sigma
         self.lam = lam
         self.metric = metric
+        self.prefit_metric = prefit_metric
         self.center = center
         self.energy_unit = energy_unit
 
@@ -74,7 +80,11 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
             rep = clone(self.representation)
         self.representation_ = rep.fit(mols)
         X = transform_in_chunks(self.representation_, mols, progress=progress)
-        if self.metric is not None:
+        if self.metric is not None and self.prefit_metric:
+            check_is_fitted(self.metric)
+            self.metric_ = copy.deepcopy(self.metric)
+            X = self.metric_.transform(X)
+        elif self.metric is not None:
             self.metric_ = clone(self.metric).fit(X, y)
             X = self.metric_.transform(X)
         else:
