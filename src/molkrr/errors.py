@@ -54,3 +54,7 @@ class ModelFileError(MolkrrError, ValueError):
 
 class DatasetError(MolkrrError, RuntimeError):
     """A data set could not be found or read."""
+
+
+class InvalidInputError(MolkrrError, ValueError):
+    """An input array or parameter is unusable: NaN or infinity, non-numeric, too few samples, out of range."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from .errors import ShapeMismatchError
+from .errors import InvalidInputError, ShapeMismatchError
 
 #: Rows per block when building kernel matrices: keeps temporaries small and avoids the threaded
 #: OpenBLAS syrk path that crashes for n ≥ 16000 (see DESIGN.md).
@@ -66,7 +66,7 @@ class Kernel:
     def __init__(self, sigma: float = 1.0) -> None:
         sigma = float(sigma)
         if not np.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+            raise InvalidInputError(f"sigma must be a positive finite number, got {sigma}")
         self.sigma = sigma
 
     def __call__(self, A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:
@@ -230,7 +230,7 @@ def make_kernel(name: str, sigma: float = 1.0) -> Kernel:
     try:
         cls = KERNELS[name]
     except KeyError:
-        raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}") from None
+        raise InvalidInputError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}") from None
     return cls(sigma)
 
 

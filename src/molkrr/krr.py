@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .errors import ShapeMismatchError
+from .errors import InvalidInputError, ShapeMismatchError
 from .kernels import KERNELS, make_kernel, squared_distances
 from .linalg import spd_factor, spd_solve
 
@@ -52,7 +52,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         """Fit on X (n, d) and y (n,) or (n, t)."""
         X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
         if not (np.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"lam must be a finite number ≥ 0, got {self.lam}")
+            raise InvalidInputError(f"lam must be a finite number ≥ 0, got {self.lam}")
         kernel = self._kernel()
         self.y_mean_ = np.mean(y, axis=0) if self.center else np.zeros(y.shape[1:])
         L, self.lam_ = spd_factor(lambda: kernel(X), float(self.lam))
@@ -70,6 +70,11 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             stop = min(start + PREDICT_BLOCK, X.shape[0])
             out[start:stop] = kernel(X[start:stop], self.X_fit_) @ self.alpha_
         return out + self.y_mean_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # y of shape (n, t) is fitted natively
+        return tags
 
     def predict_gradient(self, X: Any) -> np.ndarray:
         """∂ŷ/∂x for every row of X (n_q, d) → (n_q, d). Single-output models only."""
@@ -131,12 +136,18 @@ def select_hyperparameters(
     if X.ndim != 2 or X.shape[0] != y.shape[0]:
         raise ShapeMismatchError(f"X of shape {X.shape} and y of shape {y.shape} do not match")
     if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; choose one of {sorted(KERNELS)}")
+        raise InvalidInputError(f"unknown kernel {kernel!r}; choose one of {sorted(KERNELS)}")
+    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+        raise InvalidInputError("X and y must not contain NaN or infinity")
+    if X.shape[0] < 2:
+        raise InvalidInputError(f"need at least 2 samples to select hyperparameters, got {X.shape[0]}")
+    if cv is None and not 0 < validation_fraction < 1:
+        raise InvalidInputError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
     n = X.shape[0]
     rng = np.random.default_rng(random_state)
     perm = rng.permutation(n)
     if cv is None:
-        n_val = max(1, int(round(validation_fraction * n)))
+        n_val = min(max(1, int(round(validation_fraction * n))), n - 1)
         folds = [perm[:n_val]]
     else:
         if cv < 2 or cv > n:
@@ -144,6 +155,12 @@ def select_hyperparameters(
         folds = np.array_split(perm, cv)
     sigmas = default_sigmas(X, kernel) if sigmas is None else np.asarray(sigmas, dtype=np.float64).reshape(-1)
     lams = np.asarray(lams, dtype=np.float64).reshape(-1)
+    if lams.size == 0 or not (np.isfinite(lams).all() and (lams >= 0).all()):
+        raise InvalidInputError(f"lams must be finite numbers ≥ 0, got {lams}")
+    if sigmas.size == 0:
+        raise InvalidInputError("sigmas must not be empty")
+    for s in sigmas:
+        make_kernel(kernel, s)  # rejects σ ≤ 0, NaN, inf before any work
     scores = np.zeros((len(sigmas), len(lams)))
     steps = [(i, s) for i, s in enumerate(sigmas)]
     if progress:

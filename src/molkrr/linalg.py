@@ -56,6 +56,8 @@ def spd_factor(build: Callable[[], np.ndarray], lam: float = 0.0) -> tuple[np.nd
             _cholesky_lower_inplace(K)
         except np.linalg.LinAlgError:
             continue
+        if np.min(np.diagonal(K)) ** 2 <= n * np.finfo(np.float64).eps * scale:
+            continue  # a pivot at rounding level: numerically singular (duplicate rows, λ = 0), α would be noise
         if attempt > 0:
             warnings.warn(
                 f"kernel matrix (n={n}) is not numerically positive definite with lam={lam:g}; "

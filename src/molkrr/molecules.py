@@ -214,6 +214,8 @@ class Molecules:
                 if idx.shape != (len(self),):
                     raise IndexError(f"boolean mask of shape {idx.shape} for {len(self)} molecules")
                 idx = np.flatnonzero(idx)
+            elif idx.size and not np.issubdtype(idx.dtype, np.integer):
+                raise IndexError(f"molecule indices must be integers or a boolean mask, got dtype {idx.dtype}")
         return self.subset(idx)
 
     def subset(self, indices: Any) -> "Molecules":

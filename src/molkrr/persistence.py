@@ -56,8 +56,19 @@ def allowed_classes() -> dict[str, type]:
 
 # ----------------------------------------------------------------------------- save
 def save_model(estimator: Any, path: str | os.PathLike) -> None:
-    """Write a fitted molkrr estimator to ``path`` atomically (temporary file, then rename)."""
+    """Write a fitted molkrr estimator to ``path`` atomically (temporary file, then rename).
+
+    Raises TypeError for an unfitted estimator or an object that is not a molkrr estimator.
+    """
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
     from . import __version__
+
+    try:
+        check_is_fitted(estimator)  # TypeError itself for objects that are not estimators
+    except NotFittedError:
+        raise TypeError(f"cannot save an unfitted {type(estimator).__name__}: call fit first") from None
 
     arrays: dict[str, np.ndarray] = {}
     header = {
@@ -104,7 +115,9 @@ def _encode_value(v: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
         return float(v)
     if isinstance(v, np.ndarray):
         if v.dtype == object:
-            raise TypeError(f"{where}: object arrays cannot be saved safely")
+            if not all(isinstance(x, str) for x in v.flat):
+                raise TypeError(f"{where}: object arrays cannot be saved safely")
+            v = v.astype(str)  # e.g. feature_names_in_: a unicode array needs no pickle
         key = f"a{len(arrays)}"
         arrays[key] = v
         return {"__array__": key}
@@ -130,33 +143,40 @@ def load_model(path: str | os.PathLike) -> Any:
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such model file")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ModelFileError(f"{path}: not a molkrr model file (a bare .npy array, not an npz archive)")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ModelFileError(f"{path}: not a molkrr model file (a bare .npy array, not an npz archive)")
+        with data:
             if HEADER_KEY not in data.files:
                 raise ModelFileError(f"{path}: not a molkrr model file (no {HEADER_KEY} entry)")
             header = json.loads(data[HEADER_KEY].tobytes().decode("utf-8"))
             if not isinstance(header, dict) or header.get("format") != FORMAT:
-                raise ModelFileError(f"{path}: not a molkrr model file (format {header.get('format')!r})")
+                fmt = header.get("format") if isinstance(header, dict) else type(header).__name__
+                raise ModelFileError(f"{path}: not a molkrr model file (format {fmt!r})")
             version = header.get("format_version")
             if version != FORMAT_VERSION:
                 raise ModelFileError(
                     f"{path}: model file format version {version!r} is not supported (this molkrr reads {FORMAT_VERSION})"
                 )
             arrays = {k: data[k] for k in data.files if k != HEADER_KEY}
+            for k, v in arrays.items():  # NpzFile returns the raw bytes of a member that is not .npy
+                if not isinstance(v, np.ndarray):
+                    raise ModelFileError(f"{path}: member {k!r} is not a numpy array")
     except ModelFileError:
         raise
     except ValueError as exc:
         if "pickle" in str(exc):
             raise ModelFileError(f"{path}: the file contains pickled objects, which molkrr refuses to load") from None
         raise ModelFileError(f"{path}: corrupt or foreign model file ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+    except (
+        OSError, EOFError, zipfile.BadZipFile, KeyError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError
+    ) as exc:
         raise ModelFileError(f"{path}: corrupt or truncated model file ({type(exc).__name__}: {exc})") from None
     try:
         return _decode_estimator(header["model"], arrays)
-    except ModelFileError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise ModelFileError(f"{path}: inconsistent model file ({type(exc).__name__}: {exc})") from None
 
 
