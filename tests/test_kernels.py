@@ -188,3 +188,20 @@ def test_gradient_accepts_one_row():
     w = rng.normal(size=5)
     k = make_kernel("gaussian", 1.0)
     np.testing.assert_allclose(k.gradient(B[0] + 0.1, B, w), k.gradient((B[0] + 0.1)[None], B, w))
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplacian", "matern32", "matern52", "linear"])
+def test_value_and_gradient_equals_separate_calls_and_respects_n_active(name):
+    rng = np.random.default_rng(7)
+    B = rng.normal(size=(40, 9))
+    w = rng.normal(size=40)
+    A = rng.normal(size=(3, 9))
+    A[:, 6:] = 0.0  # padded query rows
+    k = make_kernel(name, 2.5)
+    value, grad = k.value_and_gradient(A, B, w)
+    np.testing.assert_allclose(value, k(A, B) @ w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad, k.gradient(A, B, w), rtol=1e-12, atol=1e-12)
+    norms = np.einsum("ij,ij->i", B, B)
+    v6, g6 = k.value_and_gradient(A, B, w, b_sqnorms=norms, n_active=6)
+    np.testing.assert_allclose(v6, value, rtol=1e-10)
+    np.testing.assert_allclose(g6[:, :6], grad[:, :6], rtol=1e-10, atol=1e-12)

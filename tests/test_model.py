@@ -180,3 +180,16 @@ def test_not_differentiable_representation_is_reported(qm9):
     model.representation_.differentiable = False
     with pytest.raises(NotDifferentiableError):
         model.predict_forces(qm9[:1])
+
+
+def test_padded_coulomb_forces_skip_padding_but_stay_exact(qm9):
+    """Forces with the padding shortcut (feature_support) equal those computed over every feature."""
+    model = MolecularKRR(CoulombMatrix("unsorted", size=29), sigma=400.0, lam=1e-8).fit(qm9[:60])
+    mols = qm9[60:64]
+    assert model.representation_.feature_support(mols) < model.representation_.n_features_
+    _, fast = model.predict_energies_and_forces(mols)
+    Z = model.features(mols)
+    G = model.krr_.predict_with_gradient(Z)[1]  # every column
+    slow = [-g for g in model.representation_.vjp(mols, G)]
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9 * np.abs(b).max())

@@ -36,8 +36,13 @@ from .errors import InvalidInputError, ShapeMismatchError
 ROW_BLOCK = 2048
 
 
-def squared_distances(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Squared Euclidean distances (n_a, n_b), by the Gram trick in row blocks, clipped at 0."""
+def squared_distances(
+    A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None, *, b_sqnorms: np.ndarray | None = None
+) -> np.ndarray:
+    """Squared Euclidean distances (n_a, n_b), by the Gram trick in row blocks, clipped at 0.
+
+    b_sqnorms : precomputed ‖b_m‖² (n_b,), e.g. of a training set, saving one pass over B.
+    """
     A = np.asarray(A, dtype=np.float64)
     B = np.asarray(B, dtype=np.float64)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
@@ -45,7 +50,7 @@ def squared_distances(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = Non
     if out is None:
         out = np.empty((A.shape[0], B.shape[0]))
     a2 = np.einsum("ij,ij->i", A, A)
-    b2 = np.einsum("ij,ij->i", B, B)
+    b2 = np.einsum("ij,ij->i", B, B) if b_sqnorms is None else b_sqnorms
     for start in range(0, A.shape[0], ROW_BLOCK):
         stop = min(start + ROW_BLOCK, A.shape[0])
         blk = out[start:stop]
@@ -73,8 +78,11 @@ class Kernel:
         """Kernel matrix (n_a, n_b) between the rows of A and B (B = A if omitted)."""
         return self.from_distances(self.distances(A, A if B is None else B))
 
-    def distances(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-        """The σ-free pairwise quantity the kernel is a function of, (n_a, n_b) (r², r, r₁ or a·b)."""
+    def distances(self, A: np.ndarray, B: np.ndarray, *, b_sqnorms: np.ndarray | None = None) -> np.ndarray:
+        """The σ-free pairwise quantity the kernel is a function of, (n_a, n_b) (r², r, r₁ or a·b).
+
+        b_sqnorms : ‖b_m‖² if known (used by the Euclidean kernels, ignored by the others).
+        """
         raise NotImplementedError
 
     def from_distances(self, D: np.ndarray) -> np.ndarray:
@@ -88,6 +96,24 @@ class Kernel:
         """∂/∂a_i Σ_m w_m k(a_i, b_m), shape (n_a, d)."""
         raise NotImplementedError
 
+    def value_and_gradient(
+        self,
+        A: np.ndarray,
+        B: np.ndarray,
+        weights: np.ndarray,
+        *,
+        b_sqnorms: np.ndarray | None = None,
+        n_active: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(Σ_m w_m k(a_i, b_m) of shape (n_a,), its gradient ∂/∂a_i of shape (n_a, d)) from ONE kernel evaluation.
+
+        b_sqnorms : ‖b_m‖² (n_b,) if known (Euclidean kernels use it to skip a pass over B).
+        n_active : a promise that A[:, n_active:] is zero and that the caller ignores gradient columns
+            from n_active on (they are returned as 0): then only B[:, :n_active] is read, which is what
+            makes one-molecule forces from a large training set cheap (padded Coulomb matrices).
+        """
+        return self(A, B) @ weights, self.gradient(A, B, weights)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma={self.sigma!r})"
 
@@ -97,19 +123,26 @@ class GaussianKernel(Kernel):
 
     name = "gaussian"
 
-    def distances(self, A, B):
-        return squared_distances(A, B)
+    def distances(self, A, B, *, b_sqnorms=None):
+        return squared_distances(A, B, b_sqnorms=b_sqnorms)
 
     def from_distances(self, D):
         D *= -0.5 / self.sigma**2
         return np.exp(D, out=D)
 
     def gradient(self, A, B, weights):
+        return self.value_and_gradient(A, B, weights)[1]
+
+    def value_and_gradient(self, A, B, weights, *, b_sqnorms=None, n_active=None):
         A, B, w = _check_gradient_args(A, B, weights)
-        Wk = self(A, B)
-        Wk *= w[None, :]
+        Ap, Bp, K = _active_squared_distances(A, B, b_sqnorms, n_active)
+        K = self.from_distances(K)
+        value = K @ w
+        K *= w[None, :]
         # Σ_m w_m k_m (b_m − a) / σ²
-        return (Wk @ B - A * Wk.sum(axis=1)[:, None]) / self.sigma**2
+        grad = np.zeros_like(A)
+        grad[:, : Ap.shape[1]] = (K @ Bp - Ap * K.sum(axis=1)[:, None]) / self.sigma**2
+        return value, grad
 
 
 class _RadialKernel(Kernel):
@@ -121,17 +154,25 @@ class _RadialKernel(Kernel):
     def _phi(self, r: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def distances(self, A, B):
-        return np.sqrt(squared_distances(A, B))
+    def distances(self, A, B, *, b_sqnorms=None):
+        return np.sqrt(squared_distances(A, B, b_sqnorms=b_sqnorms))
 
     def from_distances(self, D):
         return self._value(D)
 
     def gradient(self, A, B, weights):
+        return self.value_and_gradient(A, B, weights)[1]
+
+    def value_and_gradient(self, A, B, weights, *, b_sqnorms=None, n_active=None):
         A, B, w = _check_gradient_args(A, B, weights)
-        P = self._phi(np.sqrt(squared_distances(A, B)))
+        Ap, Bp, r = _active_squared_distances(A, B, b_sqnorms, n_active)
+        np.sqrt(r, out=r)
+        value = self._value(r) @ w
+        P = self._phi(r)
         P *= w[None, :]
-        return P @ B - A * P.sum(axis=1)[:, None]
+        grad = np.zeros_like(A)
+        grad[:, : Ap.shape[1]] = P @ Bp - Ap * P.sum(axis=1)[:, None]
+        return value, grad
 
 
 class Matern32Kernel(_RadialKernel):
@@ -173,7 +214,7 @@ class LaplacianKernel(Kernel):
         D *= -1.0 / self.sigma
         return np.exp(D, out=D)
 
-    def distances(self, A, B):
+    def distances(self, A, B, *, b_sqnorms=None):
         A = np.asarray(A, dtype=np.float64)
         B = np.asarray(B, dtype=np.float64)
         if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
@@ -204,7 +245,7 @@ class LinearKernel(Kernel):
     def from_distances(self, D):
         return D
 
-    def distances(self, A, B):
+    def distances(self, A, B, *, b_sqnorms=None):
         A = np.asarray(A, dtype=np.float64)
         B = np.asarray(B, dtype=np.float64)
         if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
@@ -232,6 +273,20 @@ def make_kernel(name: str, sigma: float = 1.0) -> Kernel:
     except KeyError:
         raise InvalidInputError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}") from None
     return cls(sigma)
+
+
+def _active_squared_distances(A, B, b_sqnorms, n_active):
+    """(A[:, :p], B[:, :p], squared distances) using only the first p = n_active columns of B.
+
+    Exact when A[:, p:] = 0: ‖a − b‖² = ‖a_p‖² + ‖b‖² − 2 a_p·b_p with ‖b‖² over all columns.
+    """
+    if n_active is None or n_active >= A.shape[1]:
+        return A, B, squared_distances(A, B, b_sqnorms=b_sqnorms)
+    p = int(n_active)
+    if b_sqnorms is None:
+        b_sqnorms = np.einsum("ij,ij->i", B, B)
+    Ap, Bp = A[:, :p], B[:, :p]
+    return Ap, Bp, squared_distances(Ap, Bp, b_sqnorms=b_sqnorms)
 
 
 def _check_gradient_args(A, B, weights):

@@ -58,6 +58,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         L, self.lam_ = spd_factor(lambda: kernel(X), float(self.lam))
         self.alpha_ = spd_solve(L, y - self.y_mean_)
         self.X_fit_ = X
+        self._train_sq_norms()
         return self
 
     def predict(self, X: Any) -> np.ndarray:
@@ -68,7 +69,8 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         out = np.empty((X.shape[0],) + self.alpha_.shape[1:])
         for start in range(0, X.shape[0], PREDICT_BLOCK):
             stop = min(start + PREDICT_BLOCK, X.shape[0])
-            out[start:stop] = kernel(X[start:stop], self.X_fit_) @ self.alpha_
+            D = kernel.distances(X[start:stop], self.X_fit_, b_sqnorms=self._train_sq_norms())
+            out[start:stop] = kernel.from_distances(D) @ self.alpha_
         return out + self.y_mean_
 
     def __sklearn_tags__(self):
@@ -78,11 +80,43 @@ class KernelRidge(RegressorMixin, BaseEstimator):
 
     def predict_gradient(self, X: Any) -> np.ndarray:
         """∂ŷ/∂x for every row of X (n_q, d) → (n_q, d). Single-output models only."""
+        return self.predict_with_gradient(X)[1]
+
+    def predict_with_gradient(self, X: Any, *, n_active: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ŷ (n_q,), ∂ŷ/∂x (n_q, d)) from one kernel evaluation per block of query rows.
+
+        n_active : the caller promises X[:, n_active:] = 0 and ignores gradient columns from n_active on
+            (returned as 0); see :meth:`molkrr.kernels.Kernel.value_and_gradient`. Checked, not trusted.
+        """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[None, :]
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ShapeMismatchError(f"X must have shape (n, {self.n_features_in_}), got {X.shape}")
+        if not np.isfinite(X).all():
+            raise InvalidInputError("X contains NaN or infinity")
         if self.alpha_.ndim != 1:
-            raise ShapeMismatchError("predict_gradient needs a single-output model (y of shape (n,))")
-        return self._kernel().gradient(X, self.X_fit_, self.alpha_)
+            raise ShapeMismatchError("gradients need a single-output model (y of shape (n,))")
+        if n_active is not None and np.any(X[:, n_active:]):
+            n_active = None  # the promise does not hold: use every column
+        kernel = self._kernel()
+        values = np.empty(X.shape[0])
+        grads = np.empty_like(X)
+        for start in range(0, X.shape[0], PREDICT_BLOCK):
+            stop = min(start + PREDICT_BLOCK, X.shape[0])
+            values[start:stop], grads[start:stop] = kernel.value_and_gradient(
+                X[start:stop], self.X_fit_, self.alpha_, b_sqnorms=self._train_sq_norms(), n_active=n_active
+            )
+        return values + self.y_mean_, grads
+
+    def _train_sq_norms(self) -> np.ndarray:
+        """‖x_m‖² of the training rows, computed once (derived state, not saved)."""
+        cached = self.__dict__.get("_sq_norms")
+        if cached is None or cached[0] is not self.X_fit_:
+            cached = (self.X_fit_, np.einsum("ij,ij->i", self.X_fit_, self.X_fit_))
+            self.__dict__["_sq_norms"] = cached
+        return cached[1]
 
 
 # ----------------------------------------------------------------------------- selection

@@ -134,8 +134,9 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
             raise NotDifferentiableError(f"kernel {self.kernel!r} is not differentiable")
         X = rep.transform(mols)
         Z = X if self.metric_ is None else self.metric_.transform(X)
-        energies = self.krr_.predict(Z)
-        G = self.krr_.predict_gradient(Z)  # ∂E/∂z, (n, n_components)
+        # without a metric, padded features (zero, position-independent) need no kernel work
+        n_active = rep.feature_support(mols) if self.metric_ is None else None
+        energies, G = self.krr_.predict_with_gradient(Z, n_active=n_active)  # G = ∂E/∂z, (n, n_components)
         if self.metric_ is not None:
             G = G @ np.asarray(self.metric_.components_)  # ∂E/∂x = Aᵀ ∂E/∂z, row form
         forces = [-g for g in rep.vjp(mols, G)]

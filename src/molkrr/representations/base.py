@@ -52,6 +52,13 @@ class Representation(TransformerMixin, BaseEstimator):
         """Explicit Jacobians ∂X/∂R, one (n_features_, n_atoms_i, 3) array per molecule."""
         raise NotImplementedError
 
+    def feature_support(self, molecules: Any) -> int | None:
+        """p such that features p.. are zero for these molecules and do not depend on positions, or None.
+
+        Lets force evaluation skip those columns of the training set (padded representations).
+        """
+        return None
+
     # -------------------------------------------------------------- helpers for subclasses
     def _check_input(self, molecules: Any) -> Molecules:
         check_is_fitted(self)

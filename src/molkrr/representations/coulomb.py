@@ -161,6 +161,17 @@ class CoulombMatrix(Representation):
                     out[i] = grad[k]
         return out
 
+    def feature_support(self, molecules: Any) -> int | None:
+        """Leading features that can be non-zero: the rows of the largest molecule in the batch.
+
+        The lower triangle is stored row by row, so a molecule of m atoms fills only the first
+        m(m+1)/2 features; the rest is padding, constant 0. (None for 'eigenvalues'.)
+        """
+        if self.variant == "eigenvalues":
+            return None
+        m = int(as_molecules(molecules).n_atoms.max())
+        return m * (m + 1) // 2
+
     def jacobian(self, molecules: Any) -> list[np.ndarray]:
         """Explicit ∂X/∂R, one (n_features_, n_atoms_i, 3) array per molecule (per Å).
 
