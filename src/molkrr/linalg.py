@@ -22,7 +22,7 @@ from .errors import NumericalError
 #: n above which the blocked Cholesky is used.
 BLOCKED_CHOLESKY_MIN_N = 12000
 #: Size of the diagonal blocks of the blocked Cholesky.
-CHOLESKY_BLOCK = 4096
+CHOLESKY_BLOCK = 2048
 #: Relative jitters tried, as multiples of the mean diagonal, before giving up.
 JITTER_STEPS = (1e-10, 1e-8, 1e-6, 1e-4)
 
@@ -42,7 +42,7 @@ def spd_factor(build: Callable[[], np.ndarray], lam: float = 0.0) -> tuple[np.nd
     K = build()
     if K.ndim != 2 or K.shape[0] != K.shape[1]:
         raise ValueError(f"kernel matrix must be square, got {K.shape}")
-    if not np.isfinite(K).all():
+    if not all(np.isfinite(K[i : i + CHOLESKY_BLOCK]).all() for i in range(0, K.shape[0], CHOLESKY_BLOCK)):
         raise NumericalError("kernel matrix contains NaN or infinity (check sigma and the features)")
     n = K.shape[0]
     scale = float(np.mean(np.abs(np.diagonal(K)))) or 1.0
@@ -75,7 +75,9 @@ def spd_factor(build: Callable[[], np.ndarray], lam: float = 0.0) -> tuple[np.nd
 
 def spd_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Solve (L Lᵀ) x = b with the factor returned by :func:`spd_factor`."""
-    return sla.cho_solve((L, True), b, check_finite=False)
+    # L is C-ordered with the factor in its lower triangle, so L.T is Fortran-ordered with Lᵀ in its
+    # upper triangle: LAPACK reads it in place instead of copying an n×n matrix.
+    return sla.cho_solve((L.T, False), b, check_finite=False)
 
 
 def _cholesky_lower_inplace(A: np.ndarray) -> None:
