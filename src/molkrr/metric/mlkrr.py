@@ -1,0 +1,326 @@
+"""Metric learning for kernel ridge regression (MLKRR; Fabregat et al. 2022, eqs 6–10 and 13).
+
+Kernel k(a, b) = exp(−‖A(a − b)‖² / (2σ²)) (no prefactor; the paper's σ_p = √2 σ and its
+prefactor 1/(√(2π)σ_p) only rescales λ). With the training set split into an α part and an A part,
+
+    H = K_αα + λI,   α = H⁻¹ y_α,   ŷ_A = Q α with Q = k(X_A, X_α),   L = Σ (ŷ_A − y_A)².
+
+The gradient is assembled in the transformed space (see docs/mlkrr.md for the derivation):
+
+    ∂L/∂A = −(2/σ²) (G_Aᵀ X_A + G_αᵀ X_α),   r = ŷ − y_A,  u = Qᵀ r,  β = H⁻¹ u,
+    G_A = (r∘ŷ) ∘ Z_A − r ∘ Q(α∘Z_α),
+    G_α = (α∘u − β∘Kα − α∘Kβ) ∘ Z_α − α ∘ Qᵀ(r∘Z_A) + β ∘ K(α∘Z_α) + α ∘ K(β∘Z_α),
+
+with Z = X Aᵀ and "v ∘ M" scaling the rows of M. One Cholesky factorisation H = UᵀU serves
+both solves (α and the adjoint β) and the products K V = Uᵀ(U V) − λV, so K itself is never kept;
+Q is streamed in row blocks (each block gives its rows of ŷ, r and G_A and its share of Qᵀ[r∘Z_A, r])
+and never stored. The only n²-sized array is the Cholesky buffer.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from scipy.linalg.blas import dtrmm
+from threadpoolctl import threadpool_limits
+
+from ..errors import InvalidInputError, NumericalError, ShapeMismatchError
+from .base import (
+    ROW_BLOCK,
+    MetricLearner,
+    as_float_matrix,
+    as_float_vector,
+    check_int,
+    check_positive,
+    embed,
+    gaussian_full,
+    gaussian_lower,
+    gemm,
+)
+
+#: Above this many α points the Cholesky runs on one BLAS thread (threaded OpenBLAS potrf crashes
+#: for n ≥ 16000 on the 2-core machines, see DESIGN.md).
+CHOLESKY_SINGLE_THREAD_ABOVE = 15000
+
+
+def _lazy_square(m: int) -> np.ndarray:
+    """An uninitialised (m, m) float64 C array whose pages are only backed once written.
+
+    An anonymous mmap without MADV_HUGEPAGE (numpy advises huge pages for its own large buffers):
+    the strict upper triangle of the Cholesky buffer is never touched, so it never costs RSS.
+    """
+    if m < 512:
+        return np.empty((m, m))
+    buf = mmap.mmap(-1, m * m * 8)
+    return np.frombuffer(buf, dtype=np.float64).reshape(m, m)
+
+
+def _cholesky_upper_inplace(Hbuf: np.ndarray) -> np.ndarray:
+    """Factor H = UᵀU in place. Hbuf is C-ordered with H in its lower triangle; returns U as the
+    F-ordered view Hbuf.T (U in its upper triangle, the rest of the buffer is garbage)."""
+    F = Hbuf.T
+    try:
+        if F.shape[0] > CHOLESKY_SINGLE_THREAD_ABOVE:
+            with threadpool_limits(limits=1, user_api="blas"):
+                U, _ = cho_factor(F, lower=False, overwrite_a=True, check_finite=False)
+        else:
+            U, _ = cho_factor(F, lower=False, overwrite_a=True, check_finite=False)
+    except LinAlgError as exc:
+        raise NumericalError(
+            f"the regularised kernel matrix K_αα + λI is not numerically positive definite ({exc}); "
+            "increase lam"
+        ) from exc
+    return U
+
+
+def _mlkrr(A, Xa, ya, XA, yA, sigma, lam, want_aux=False):
+    """Loss, ∂L/∂A and (if want_aux) {'alpha', 'train_mae'}; inputs already validated."""
+    c = A.shape[0]
+    m = Xa.shape[0]
+    nA = XA.shape[0]
+    As = A / sigma
+    La, Ra = embed(Xa, As)  # La[:, :c] = Z_α/σ
+    LA, _ = embed(XA, As, right=False)  # LA[:, :c] = Z_A/σ
+    Za = La[:, :c]
+    ZA = LA[:, :c]
+
+    # H = K_αα + λI in the lower triangle of a lazily backed C buffer, factored in place
+    Hbuf = _lazy_square(m)
+    gaussian_lower(La, Ra, Hbuf)
+    Hbuf.flat[:: m + 1] = 1.0 + lam  # K_aa = exp(0) exactly
+    U = _cholesky_upper_inplace(Hbuf)
+    del Hbuf
+    alpha = cho_solve((U, False), ya, check_finite=False)
+
+    # Q = k(X_A, X_α) is streamed in row blocks of the A part and never stored. Row i of Q gives
+    # ŷ_i and r_i, so each block is used twice while it is hot:
+    #   P_b = Q_b [α∘Z_α, α] = [Q(α∘Z_α), ŷ]_b,   R += Q_bᵀ [r∘Z_A, r]_b   (R = [Qᵀ(r∘Z_A), Qᵀr])
+    # and G_A = (r∘ŷ)∘Z_A − r∘Q(α∘Z_α) is assembled block by block.
+    V = np.empty((m, c + 1))
+    np.multiply(Za, alpha[:, None], out=V[:, :c])
+    V[:, c] = alpha
+    B = min(ROW_BLOCK, nA)
+    q_work = np.empty(B * m)
+    p_work = np.empty(B * (c + 1))
+    Wb = np.empty((B, c + 1))
+    R = np.zeros((m, c + 1))
+    GA = np.empty((nA, c))
+    yhat = np.empty(nA)
+    for i0 in range(0, nA, B):
+        i1 = min(i0 + B, nA)
+        b = i1 - i0
+        Qb = q_work[: b * m].reshape(b, m)
+        gemm(LA[i0:i1], Ra, trans_b=True, out=Qb)
+        np.exp(Qb, out=Qb)  # one thread: BLAS workers are spinning between the GEMMs
+        Pb = gemm(Qb, V, out=p_work[: b * (c + 1)].reshape(b, c + 1))
+        yh = Pb[:, c]
+        rb = yh - yA[i0:i1]
+        yhat[i0:i1] = yh
+        Gb = GA[i0:i1]
+        np.multiply(Pb[:, :c], -rb[:, None], out=Gb)
+        Gb += (rb * yh)[:, None] * ZA[i0:i1]
+        np.multiply(ZA[i0:i1], rb[:, None], out=Wb[:b, :c])
+        Wb[:b, c] = rb
+        gemm(Qb, Wb[:b], trans_a=True, out=R, beta=1.0)
+    del q_work, p_work, Wb, V, Ra, La
+    r = yhat - yA
+    loss = float(np.einsum("i,i->", r, r))
+    u = R[:, c].copy()
+    beta = cho_solve((U, False), u, check_finite=False)
+    M = gemm(GA, XA, trans_a=True)  # G_Aᵀ X_A
+    del GA, LA, ZA
+
+    # K [α∘Z_α, β∘Z_α, α, β] = Uᵀ(U V) − λV  (two triangular products, no copy of K kept).
+    # T is C-ordered (m, 2c + 2); BLAS sees the F-ordered Tᵀ and computes Tᵀ ← Tᵀ Uᵀ U in place.
+    T = np.empty((m, 2 * c + 2))
+    np.multiply(Za, alpha[:, None], out=T[:, :c])
+    np.multiply(Za, beta[:, None], out=T[:, c : 2 * c])
+    T[:, 2 * c] = alpha
+    T[:, 2 * c + 1] = beta
+    Tt = dtrmm(1.0, U, T.T, side=1, lower=0, trans_a=1, overwrite_b=1)
+    Tt = dtrmm(1.0, U, Tt, side=1, lower=0, trans_a=0, overwrite_b=1)
+    T = Tt.T
+    del U
+    if lam != 0.0:
+        T[:, :c] -= (lam * alpha)[:, None] * Za
+        T[:, c : 2 * c] -= (lam * beta)[:, None] * Za
+        T[:, 2 * c] -= lam * alpha
+        T[:, 2 * c + 1] -= lam * beta
+    coef = alpha * u - beta * T[:, 2 * c] - alpha * T[:, 2 * c + 1]
+    # G_α = coef∘Z_α − α∘Qᵀ(r∘Z_A) + β∘K(α∘Z_α) + α∘K(β∘Z_α)
+    G = np.multiply(T[:, :c], beta[:, None])
+    G += alpha[:, None] * T[:, c : 2 * c]
+    G -= alpha[:, None] * R[:, :c]
+    G += coef[:, None] * Za
+    del T, R
+    M += gemm(G, Xa, trans_a=True)
+    # Z was scaled by 1/σ, so G(Z) = σ G(Z/σ) and ∂L/∂A = −(2/σ²) σ M
+    M *= -2.0 / sigma
+    if not want_aux:
+        return loss, M, {}
+    return loss, M, {"alpha": alpha, "train_mae": float(np.mean(np.abs(r)))}
+
+
+def mlkrr_loss_and_grad(
+    A: np.ndarray,
+    X_alpha: np.ndarray,
+    y_alpha: np.ndarray,
+    X_A: np.ndarray,
+    y_A: np.ndarray,
+    sigma: float,
+    lam: float,
+    *,
+    return_sigma_grad: bool = False,
+) -> tuple[float, np.ndarray] | tuple[float, np.ndarray, float]:
+    """MLKRR loss L = Σ_A (ŷ − y)² and its gradient ∂L/∂A (same shape as A).
+
+    A (n_components, n_features); X_alpha (n_α, n_features), y_alpha (n_α,): the points that
+    define the KRR coefficients α = (K_αα + λI)⁻¹ y_α; X_A (n_A, n_features), y_A (n_A,): the
+    points on which the squared error is measured. sigma > 0 in the units of A x; lam ≥ 0.
+    Targets are used as given (no centring). With ``return_sigma_grad`` also returns ∂L/∂σ
+    (= −⟨∂L/∂A, A⟩/σ: the kernel depends on A/σ only).
+    """
+    A = as_float_matrix(A, "A")
+    Xa = as_float_matrix(X_alpha, "X_alpha")
+    XA = as_float_matrix(X_A, "X_A")
+    if Xa.shape[1] != A.shape[1] or XA.shape[1] != A.shape[1]:
+        raise ShapeMismatchError(
+            f"A has shape {A.shape} but X_alpha has {Xa.shape[1]} and X_A {XA.shape[1]} features"
+        )
+    if Xa.shape[0] < 1 or XA.shape[0] < 1:
+        raise InvalidInputError("X_alpha and X_A need at least one row each")
+    ya = as_float_vector(y_alpha, "y_alpha", Xa.shape[0])
+    yA = as_float_vector(y_A, "y_A", XA.shape[0])
+    sigma = check_positive(sigma, "sigma")
+    lam = check_positive(lam, "lam", allow_zero=True)
+    loss, grad, _ = _mlkrr(A, Xa, ya, XA, yA, sigma, lam)
+    if not np.isfinite(loss) or not np.isfinite(grad).all():
+        raise NumericalError("MLKRR loss or gradient is not finite; increase lam")
+    if return_sigma_grad:
+        return loss, grad, float(-np.einsum("ij,ij->", grad, A) / sigma)
+    return loss, grad
+
+
+def krr_predict_transformed(X_new: np.ndarray, X_alpha: np.ndarray, alpha: np.ndarray, A: np.ndarray,
+                            sigma: float) -> np.ndarray:
+    """Σ_j α_j k(x, x_j) for the rows x of X_new (kernel on A x with width σ)."""
+    As = A / sigma
+    Ln, _ = embed(X_new, As, right=False)
+    _, Ra = embed(X_alpha, As)
+    return gaussian_full(Ln, Ra) @ alpha
+
+
+class MLKRR(MetricLearner):
+    """Metric learning for kernel ridge regression (Fabregat et al. 2022), a scikit-learn transformer.
+
+    Learns A (n_components, n_features) so that KRR with the Gaussian kernel exp(−‖A(a−b)‖²/(2σ²))
+    trained on a random α part of the training set predicts the other (A) part well. The split is
+    redrawn every ``shuffle_every`` L-BFGS-B iterations (a *segment*; L-BFGS-B restarts there).
+
+    Parameters
+    ----------
+    n_components : int or None — rows of A (None: n_features). Fewer rows reduce the dimension.
+    init : 'identity' (default, the paper's choice; truncated if n_components < n_features),
+        'pca', 'random' (N(0, 1/n_features) entries) or an array (n_components, n_features).
+    sigma : float — kernel width in the units of A x (the paper's σ_p = √2 σ).
+    learn_sigma : bool — also optimise log σ. The loss depends on A/σ only, so this is a gauge
+        direction: it changes the L-BFGS path, not the set of reachable kernels.
+    lam : float — ridge λ added to K_αα.
+    alpha_fraction : float in (0, 1) — share of the training set in the α part (paper: 0.5).
+    shuffle_every : int — L-BFGS-B iterations per segment (paper: 30).
+    max_iter : int — total L-BFGS-B iterations.
+    tol : float or None — L-BFGS-B tolerance (scipy ``minimize(tol=...)``); the fit stops when a
+        segment converges.
+    center_y : bool — subtract the training mean of y (stored as ``y_offset_``) before fitting;
+        a Gaussian KRR without intercept decays to 0 away from the data, so an offset would
+        otherwise dominate the loss.
+    random_state : int, RandomState or None — draws one integer seed (``seed_``); the split of
+        segment s is a function of (seed_, s) only, which makes checkpoint resume exact.
+    verbose : 0 silent, 1 tqdm progress bar.
+    callback : callable(info: dict) -> bool or None, called after every iteration with keys
+        iteration, segment, loss, train_mae, val_mae, sigma, components; return True to stop.
+    validation_data : (X_val, y_val) or None; validation_every : int — every that many iterations
+        record the MAE on X_val of the KRR model of the current objective (trained on the current
+        α part with the current A, σ, λ). Computed in the iteration callback, never in the objective.
+
+    Fitted attributes: components_, sigma_, n_iter_, n_segments_, seed_, y_offset_, history_ (dict of
+    lists: iteration, segment, loss (on the current split), train_mae (MAE on the A part), sigma,
+    seconds (wall time of the iteration), val_iteration, val_mae), n_features_in_.
+    """
+
+    def __init__(
+        self,
+        n_components=None,
+        init="identity",
+        sigma=1.0,
+        learn_sigma=False,
+        lam=1e-9,
+        alpha_fraction=0.5,
+        shuffle_every=30,
+        max_iter=100,
+        tol=1e-6,
+        center_y=True,
+        random_state=None,
+        verbose=0,
+        callback=None,
+        validation_data=None,
+        validation_every=1,
+    ):
+        self.n_components = n_components
+        self.init = init
+        self.sigma = sigma
+        self.learn_sigma = learn_sigma
+        self.lam = lam
+        self.alpha_fraction = alpha_fraction
+        self.shuffle_every = shuffle_every
+        self.max_iter = max_iter
+        self.tol = tol
+        self.center_y = center_y
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callback = callback
+        self.validation_data = validation_data
+        self.validation_every = validation_every
+
+    def fit(self, X, y, checkpoint=None, checkpoint_every=None):
+        """Learn A from X (n, n_features) and y (n,).
+
+        checkpoint : path or None — if given, the state (A, σ, iteration, segment, seed, history) is
+            written there atomically at segment boundaries; if the file exists, fitting resumes from
+            it (same data and parameters required) and ends exactly where an uninterrupted run ends.
+        checkpoint_every : int or None — write at the first segment boundary at least this many
+            iterations after the previous checkpoint (None: every segment). Always written at the end.
+        """
+        check_positive(self.lam, "lam", allow_zero=True)
+        if not (0.0 < check_positive(self.alpha_fraction, "alpha_fraction") < 1.0):
+            raise InvalidInputError(f"alpha_fraction must be in (0, 1), got {self.alpha_fraction!r}")
+        check_int(self.shuffle_every, "shuffle_every", 1)
+        return self._fit_driver(X, y, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+
+    def _segment_length(self) -> int:
+        return int(self.shuffle_every)
+
+    def split(self, n: int, segment: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(α indices, A indices) of segment ``segment``: a function of (seed, segment) only."""
+        n_alpha = int(round(float(self.alpha_fraction) * n))
+        n_alpha = min(max(n_alpha, 1), n - 1)
+        perm = np.random.default_rng([seed, segment]).permutation(n)
+        return np.sort(perm[:n_alpha]), np.sort(perm[n_alpha:])
+
+    def _segment_objective(self, X, y, segment, seed):
+        ia, iA = self.split(X.shape[0], segment, seed)
+        Xa, ya, XA, yA = X[ia], y[ia], X[iA], y[iA]
+        lam = float(self.lam)
+
+        def fn(A, sigma):
+            return _mlkrr(A, Xa, ya, XA, yA, sigma, lam, want_aux=True)
+
+        def predictor(Xv, A, sigma, aux):
+            alpha = aux.get("alpha")
+            if alpha is None:
+                alpha = fn(A, sigma)[2]["alpha"]
+            return krr_predict_transformed(Xv, Xa, alpha, A, sigma)
+
+        return fn, predictor
