@@ -11,6 +11,7 @@ from .representations.bob import BagOfBonds
 from .representations.coulomb import CoulombMatrix
 from .representations.fchl19 import FCHL19
 from .calculator import MolkrrCalculator
+from .metric import MLKR, MLKRR, mlkr_loss_and_grad, mlkrr_loss_and_grad
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,8 @@ __all__ = [
     "BagOfBonds",
     "CoulombMatrix",
     "FCHL19",
+    "MLKR",
+    "MLKRR",
     "MolkrrCalculator",
     "KernelRidge",
     "MolecularKRR",
@@ -26,6 +29,8 @@ __all__ = [
     "datasets",
     "load_model",
     "make_kernel",
+    "mlkr_loss_and_grad",
+    "mlkrr_loss_and_grad",
     "save_model",
     "select_hyperparameters",
     "__version__",
