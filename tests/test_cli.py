@@ -109,3 +109,25 @@ def test_corrupt_model_and_bad_xyz_end_with_one_line(tmp_path, xyz_files):
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith("Error:")
+
+
+def test_learn_metric_small_run_writes_model_and_trace(runner, tmp_path):
+    model_path, png = tmp_path / "mlkrr.npz", tmp_path / "trace.png"
+    ckpt = tmp_path / "ckpt.npz"
+    args = ["learn-metric", "--dataset", "qm9", "--n-train", "120", "--n-val", "30", "--n-test", "40",
+            "--representation", "cm-sorted", "--n-components", "20", "--init", "pca", "--max-iter", "6",
+            "--shuffle-every", "3", "--validation-every", "2", "--checkpoint", str(ckpt),
+            "-o", str(model_path), "--plot", str(png), "-q"]
+    out = runner.invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    assert "plain tuned KRR test MAE" in out.output and "MLKRR (" in out.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = molkrr.load_model(model_path)
+    assert model.metric_.components_.shape == (20, model.representation_.n_features_)
+    energies, forces = model.predict_energies_and_forces(load_qm9(3, seed=99))
+    assert np.isfinite(energies).all() and all(np.isfinite(f).all() for f in forces)
+    # the same command again resumes from the finished checkpoint: same learned metric
+    model_path.unlink()
+    out = runner.invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    np.testing.assert_array_equal(molkrr.load_model(model_path).metric_.components_, model.metric_.components_)

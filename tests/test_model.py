@@ -193,3 +193,45 @@ def test_padded_coulomb_forces_skip_padding_but_stay_exact(qm9):
     slow = [-g for g in model.representation_.vjp(mols, G)]
     for a, b in zip(fast, slow):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("rep_name", ["cm-unsorted", "fchl19"])
+def test_forces_through_a_learned_metric_match_finite_differences(qm9, rep_name):
+    """E(R) = KRR(A x(R)): the forces pass through Aᵀ (rectangular A), checked end to end."""
+    from molkrr import MLKRR
+
+    rep = make_representation(rep_name, **QM9_SIZES.get(rep_name[:2], {}))
+    X = rep.fit(qm9[:60]).transform(qm9[:60])
+    sigma = sigma_for(rep, "gaussian", X)
+    metric = MLKRR(n_components=12, init="pca", sigma=sigma, max_iter=4, shuffle_every=2, random_state=0)
+    model = MolecularKRR(rep, kernel="gaussian", sigma=sigma, lam=1e-6, metric=metric).fit(qm9[:60])
+    A = model.metric_.components_
+    assert A.shape == (12, X.shape[1])
+    np.testing.assert_allclose(model.features(qm9[60:62]), rep.transform(qm9[60:62]) @ A.T, rtol=1e-12)
+    assert_forces_match_fd(model, qm9[60:62], h=1e-4)
+
+
+def test_prefit_metric_is_used_as_is(qm9):
+    from molkrr import MLKRR
+
+    rep = CoulombMatrix("unsorted", size=29)
+    X = rep.fit(qm9[:50]).transform(qm9[:50])
+    metric = MLKRR(n_components=5, init="pca", sigma=50.0, max_iter=2, random_state=0).fit(X, qm9.energies[:50])
+    model = MolecularKRR(rep, sigma=50.0, metric=metric, prefit_metric=True).fit(qm9[:50])
+    np.testing.assert_array_equal(model.metric_.components_, metric.components_)
+    assert model.metric_ is not metric
+
+
+def test_model_with_metric_round_trips_through_a_file(qm9, tmp_path):
+    from molkrr import MLKRR, load_model
+
+    metric = MLKRR(n_components=6, init="pca", sigma=50.0, max_iter=2, random_state=0, callback=lambda info: False)
+    model = MolecularKRR(CoulombMatrix("sorted", size=29), sigma=50.0, metric=metric).fit(qm9[:40])
+    model.save(tmp_path / "m.npz")
+    back = load_model(tmp_path / "m.npz")
+    assert back.metric.callback is None  # behaviour is not saved, data is
+    e1, f1 = model.predict_energies_and_forces(qm9[40:43])
+    e2, f2 = back.predict_energies_and_forces(qm9[40:43])
+    np.testing.assert_array_equal(e1, e2)
+    for a, b in zip(f1, f2):
+        np.testing.assert_array_equal(a, b)
