@@ -2,8 +2,7 @@
 
     .venv/bin/python benchmarks/coulomb.py [--n 20000] [--repeats 3]
 
-Molecules: QM9 via molkrr.datasets.qm9.load_qm9 (random subset, seed 0); if that loader is not
-available, the first n rows of qm9pack's qm9_part1.csv. Sizes: 29 (all of QM9 fits).
+Molecules: QM9 via molkrr.datasets.load_qm9 (random subset, seed 0). Sizes: 29 (all of QM9 fits).
 qmllib is called once per molecule (its API is per molecule) with its OpenMP pool limited to one
 thread: on molecules this small its threaded code is mostly synchronisation overhead (10-20x
 slower on this 2-core machine; ``--qmllib-default-threads`` measures that too, which takes minutes).
@@ -13,37 +12,12 @@ Times are the best of ``--repeats`` runs after one warm-up (which also loads the
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.util
-import json
-import re
 import time
 
 import numpy as np
 
-from molkrr.molecules import Molecules
+from molkrr.datasets import load_qm9
 from molkrr.representations.coulomb import CoulombMatrix
-
-SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
-
-
-def load_molecules(n: int) -> tuple[Molecules, str]:
-    try:
-        from molkrr.datasets.qm9 import load_qm9
-
-        return load_qm9(n=n, seed=0), f"load_qm9(n={n}, seed=0)"
-    except Exception as exc:  # the loader is optional for this benchmark
-        print(f"(load_qm9 unavailable: {exc!r}; reading qm9_part1.csv directly)")
-    path = importlib.util.find_spec("qm9pack").submodule_search_locations[0] + "/data/qm9_part1.csv"
-    Zs, Rs = [], []
-    with open(path, newline="") as fh:
-        for i, row in enumerate(csv.DictReader(fh)):
-            if i >= n:
-                break
-            Zs.append(np.array([SYMBOLS[s] for s in json.loads(row["Elements"].replace("'", '"'))]))
-            Rs.append(np.array(json.loads(re.sub(r"\.(?=[,\]])", ".0", row["XYZ_Ang"]))))
-    return Molecules.from_list(Zs, Rs), f"first {n} rows of qm9_part1.csv"
-
 
 def best_time(fn, repeats: int) -> float:
     fn()  # warm-up
@@ -65,7 +39,7 @@ def main() -> None:
     from qmllib.representations import generate_coulomb_matrix, generate_coulomb_matrix_eigenvalue
     from threadpoolctl import threadpool_limits
 
-    mols, source = load_molecules(args.n)
+    mols, source = load_qm9(n=args.n, seed=0), f"load_qm9(n={args.n}, seed=0)"
     size = 29
     per_mol = [(Z.astype(np.float64), R) for Z, R in mols]
     print(f"{len(mols)} molecules ({source}), {int(mols.n_atoms.min())}-{int(mols.n_atoms.max())} atoms, size {size}")

@@ -15,32 +15,14 @@ Values are checked to agree. Numba compilation is excluded (warm-up first).
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
-import importlib.util
-import itertools
-import os
 import time
 
 import numpy as np
 
-from molkrr.molecules import Molecules
+from molkrr.datasets import load_qm9
 from molkrr.representations.fchl19 import FCHL19
 
-NUMBER = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 ELEMENTS = [1, 6, 7, 8, 9]
-
-
-def load_qm9(n: int, skip: int) -> Molecules:
-    """n consecutive rows of qm9pack's first CSV after skipping ``skip`` rows."""
-    spec = importlib.util.find_spec("qm9pack")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "qm9_part1.csv")
-    zs, rs = [], []
-    with open(path, newline="") as fh:
-        for row in itertools.islice(csv.DictReader(fh), skip, skip + n):
-            zs.append(np.array([NUMBER[s] for s in ast.literal_eval(row["Elements"])]))
-            rs.append(np.array(ast.literal_eval(row["XYZ_Ang"]), dtype=float))
-    return Molecules.from_list(zs, rs)
 
 
 def best_time(fn, repeat: int) -> float:
@@ -56,13 +38,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="molecules for the throughput test (default 1000)")
     ap.add_argument("--n-single", type=int, default=20, help="molecules for the one-molecule latency test")
-    ap.add_argument("--skip", type=int, default=30000, help="rows of qm9_part1.csv skipped first")
+    ap.add_argument("--skip", type=int, default=30000, help="QM9 rows (file order) skipped first")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many timings")
     args = ap.parse_args()
 
     from qmllib.representations import generate_fchl19
 
-    mols = load_qm9(args.n, args.skip)
+    mols = load_qm9(indices=range(args.skip, args.skip + args.n))
     print(f"{len(mols)} QM9 molecules (rows {args.skip}..{args.skip + len(mols) - 1}), "
           f"{mols.n_atoms.mean():.1f} atoms on average, max {mols.n_atoms.max()}")
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import ast
-import csv
-import importlib.util
 import itertools
 import json
-import os
 
 import numpy as np
 import pytest
@@ -22,7 +18,6 @@ from molkrr.representations.bob import BagOfBonds
 qmllib_reps = pytest.importorskip("qmllib.representations")
 
 SYMBOL = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F", 16: "S"}
-NUMBER = {v: k for k, v in SYMBOL.items()}
 
 
 def random_molecules(n_mol: int, seed: int, max_atoms: int = 12, elements=(1, 6, 7, 8, 9)) -> Molecules:
@@ -37,23 +32,9 @@ def random_molecules(n_mol: int, seed: int, max_atoms: int = 12, elements=(1, 6,
     return Molecules.from_list(zs, rs)
 
 
-def qm9_molecules(n: int, skip: int = 20000) -> Molecules:
-    """n QM9 molecules read straight from qm9pack's CSV (rows skip..skip+n of part 1)."""
-    spec = importlib.util.find_spec("qm9pack")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("qm9pack not installed")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "qm9_part1.csv")
-    zs, rs = [], []
-    with open(path, newline="") as fh:
-        for row in itertools.islice(csv.DictReader(fh), skip, skip + n):
-            zs.append(np.array([NUMBER[s] for s in ast.literal_eval(row["Elements"])]))
-            rs.append(np.array(ast.literal_eval(row["XYZ_Ang"]), dtype=float))
-    return Molecules.from_list(zs, rs)
-
-
 @pytest.fixture(scope="module")
-def qm9() -> Molecules:
-    return qm9_molecules(150)
+def qm9(qm9_rows) -> Molecules:
+    return qm9_rows(range(20000, 20150))  # 150 consecutive QM9 rows (all in qm9_part1.csv)
 
 
 def qmllib_bob(mols: Molecules, rep: BagOfBonds) -> np.ndarray:

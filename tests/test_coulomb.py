@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-import json
-import re
-
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -25,38 +20,13 @@ from molkrr.representations.coulomb import CoulombMatrix, _coulomb_matrices, _ro
 qmllib_reps = pytest.importorskip("qmllib.representations")
 
 VARIANTS = ["unsorted", "sorted", "eigenvalues"]
-SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 
 
 # ---------------------------------------------------------------------------------------- data
-def _read_qm9_rows(rows: range | list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Molecules at the given row positions of qm9pack's qm9_part1.csv, read directly (< 1 s).
-
-    The file is ordered by size, so rows near 30000 give molecules of 15-27 atoms."""
-    spec = importlib.util.find_spec("qm9pack")
-    if spec is None:
-        pytest.skip("qm9pack not installed")
-    path = spec.submodule_search_locations[0] + "/data/qm9_part1.csv"
-    wanted = set(rows)
-    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        col_el, col_xyz = header.index("Elements"), header.index("XYZ_Ang")
-        for i, row in enumerate(reader):
-            if i in wanted:
-                Z = np.array([SYMBOLS[s] for s in json.loads(row[col_el].replace("'", '"'))])
-                # the CSV writes numbers like "0." which JSON does not accept
-                R = np.array(json.loads(re.sub(r"\.(?=[,\]])", ".0", row[col_xyz])))
-                found[i] = (Z, R)
-                if len(found) == len(wanted):
-                    break
-    return [found[i][0] for i in rows], [found[i][1] for i in rows]
-
-
 @pytest.fixture(scope="module")
-def qm9() -> Molecules:
-    return Molecules.from_list(*_read_qm9_rows(list(range(300)) + list(range(30000, 30100))))
+def qm9(qm9_rows) -> Molecules:
+    # QM9 is ordered by size, so rows near 30000 give molecules of 15-27 atoms
+    return qm9_rows(list(range(300)) + list(range(30000, 30100)))
 
 
 def _random_molecule(rng: np.random.Generator, n: int, min_dist: float = 0.9) -> tuple[np.ndarray, np.ndarray]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import csv
-import importlib.util
 import itertools
 
 import numpy as np
@@ -20,31 +17,13 @@ qmllib_reps = pytest.importorskip("qmllib.representations")
 generate_fchl19 = qmllib_reps.generate_fchl19
 
 ELEMENTS = [1, 6, 7, 8, 9]
-_SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
-
-
-def _read_qm9_rows(indices: set[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(numbers, positions Å) of the given 0-based rows of qm9pack's first CSV."""
-    spec = importlib.util.find_spec("qm9pack")
-    if spec is None:
-        pytest.skip("qm9pack not installed")
-    path = spec.submodule_search_locations[0] + "/data/qm9_part1.csv"
-    out = []
-    with open(path, newline="") as f:
-        for i, row in enumerate(csv.DictReader(f)):
-            if i in indices:
-                z = np.array([_SYMBOLS[s] for s in ast.literal_eval(row["Elements"])])
-                out.append((z, np.array(ast.literal_eval(row["XYZ_Ang"]), dtype=np.float64)))
-            if i >= max(indices):
-                break
-    return out
 
 
 @pytest.fixture(scope="module")
-def qm9() -> list[tuple[np.ndarray, np.ndarray]]:
+def qm9(qm9_rows) -> list[tuple[np.ndarray, np.ndarray]]:
     # small (CH4, NH3, ...) to 19-atom molecules with all five elements among them
-    rows = {0, 1, 2, 5, 21, 150, 402, 777, 1234, 1999, 2470, 2999}
-    return _read_qm9_rows(rows)
+    rows = [0, 1, 2, 5, 21, 150, 402, 777, 1234, 1999, 2470, 2999]
+    return list(qm9_rows(rows))
 
 
 @pytest.fixture(scope="module")
