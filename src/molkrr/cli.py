@@ -229,6 +229,8 @@ def demo(n_train, n_test, representation, kernel, seed, quiet):
 @click.option("--learn-sigma", is_flag=True, help="Optimise σ with A.")
 @click.option("--max-iter", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--shuffle-every", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--alpha-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
+              help="Share of the training set in the α split (the rest is the A split).")
 @click.option("--validation-every", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Checkpoint file: written during the run, resumed from if present.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -237,7 +239,7 @@ def demo(n_train, n_test, representation, kernel, seed, quiet):
 @_quiet_option
 @_friendly
 def learn_metric(dataset, xyz, energy_key, n_train, n_val, n_test, prop, unit, representation, n_components, init, sigma,
-                 lam, learn_sigma, max_iter, shuffle_every, validation_every, checkpoint, seed, output, plot, quiet):
+                 lam, learn_sigma, max_iter, shuffle_every, alpha_fraction, validation_every, checkpoint, seed, output, plot, quiet):
     """Learn an MLKRR metric, compare KRR with and without it, save the model and the trace."""
     from .krr import KernelRidge, select_hyperparameters
     from .metric import MLKRR
@@ -267,7 +269,7 @@ def learn_metric(dataset, xyz, energy_key, n_train, n_val, n_test, prop, unit, r
 
     learner = MLKRR(
         n_components=n_components, init=init, sigma=sigma or plain.sigma, learn_sigma=learn_sigma, lam=lam,
-        shuffle_every=shuffle_every, max_iter=max_iter, random_state=seed, verbose=0 if quiet else 1,
+        shuffle_every=shuffle_every, alpha_fraction=alpha_fraction, max_iter=max_iter, random_state=seed, verbose=0 if quiet else 1,
         validation_data=(Xv, yv), validation_every=validation_every,
     )
     t0 = time.perf_counter()
