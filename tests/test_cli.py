@@ -72,9 +72,13 @@ def test_train_on_qm9_with_selection_reports_test_mae(runner, tmp_path):
     assert model.sigma_ > 0
 
 
-def test_demo_runs_small(runner):
-    out = runner.invoke(cli, ["demo", "--n-train", "120", "--n-test", "20", "--representation", "cm-unsorted", "-q"])
+def test_demo_runs_small(runner, tmp_path):
+    png = tmp_path / "parity.png"
+    out = runner.invoke(
+        cli, ["demo", "--n-train", "120", "--n-test", "20", "--representation", "cm-unsorted", "--parity", str(png), "-q"]
+    )
     assert out.exit_code == 0, out.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
     assert "test MAE" in out.output
     rel = float(out.output.split("max |analytic − FD| / max |F| = ")[1].split(";")[0])
     assert rel < 1e-5

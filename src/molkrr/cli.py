@@ -172,9 +172,10 @@ def predict(model_path, xyz, forces, output, quiet):
 @click.option("--representation", type=click.Choice(REPRESENTATIONS), default="fchl19", show_default=True)
 @click.option("--kernel", type=click.Choice(sorted(KERNELS)), default="gaussian", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--parity", type=click.Path(dir_okay=False), help="Also write a parity plot (PNG) of the test predictions.")
 @_quiet_option
 @_friendly
-def demo(n_train, n_test, representation, kernel, seed, quiet):
+def demo(n_train, n_test, representation, kernel, seed, parity, quiet):
     """Train on a QM9 subset, report the test MAE, and check forces for one molecule against finite differences."""
     from .datasets import load_qm9
     from .model import finite_difference_forces
@@ -192,6 +193,11 @@ def demo(n_train, n_test, representation, kernel, seed, quiet):
     baseline = float(np.mean(np.abs(test_set.energies - train_set.energies.mean())))
     click.echo(f"trained on {n_train} molecules in {seconds:.1f} s (sigma={model.sigma_:.4g}, lambda={model.lam_:.1e})")
     click.echo(f"test MAE on {n_test} molecules: {mae:.3f} {unit}   (predicting the mean: {baseline:.1f} {unit})")
+    if parity:
+        from .plotting import plot_parity
+
+        plot_parity(test_set.energies, pred, parity, unit=unit, label=f"{representation} + {kernel}, n = {n_train}")
+        click.echo(f"parity plot written to {parity}")
 
     mol = test_set[0]
     t0 = time.perf_counter()
