@@ -235,3 +235,12 @@ def test_model_with_metric_round_trips_through_a_file(qm9, tmp_path):
     np.testing.assert_array_equal(e1, e2)
     for a, b in zip(f1, f2):
         np.testing.assert_array_equal(a, b)
+
+
+def test_five_point_finite_differences_agree_with_analytic_forces(qm9):
+    model = MolecularKRR(CoulombMatrix("unsorted", size=29), sigma=400.0, lam=1e-8).fit(qm9[:40])
+    (F,) = model.predict_forces(qm9[50])
+    F4 = finite_difference_forces(model, qm9[50], h=1e-3, points=4)
+    assert np.abs(F - F4).max() <= 1e-7 * np.abs(F).max()
+    with pytest.raises(ValueError):
+        finite_difference_forces(model, qm9[50], points=3)
