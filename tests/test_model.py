@@ -244,3 +244,10 @@ def test_five_point_finite_differences_agree_with_analytic_forces(qm9):
     assert np.abs(F - F4).max() <= 1e-7 * np.abs(F).max()
     with pytest.raises(ValueError):
         finite_difference_forces(model, qm9[50], points=3)
+
+
+def test_atomic_representation_is_refused_with_a_clear_error(qm9):
+    from molkrr import FCHL19
+
+    with pytest.raises(ShapeMismatchError, match="one row per molecule"):
+        MolecularKRR(FCHL19(form="atomic"), sigma=1.0).fit(qm9[:5])

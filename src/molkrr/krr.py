@@ -18,6 +18,8 @@ from .errors import InvalidInputError, ShapeMismatchError
 from .kernels import KERNELS, make_kernel, squared_distances
 from .linalg import spd_factor, spd_solve
 
+#: The λ grid searched when λ is not given.
+DEFAULT_LAMS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
 #: Query rows per block in ``predict``: bounds the (block, n_train) kernel temporary.
 PREDICT_BLOCK = 4096
 
@@ -153,7 +155,7 @@ def select_hyperparameters(
     *,
     kernel: str = "gaussian",
     sigmas: Any = None,
-    lams: Any = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2),
+    lams: Any = DEFAULT_LAMS,
     cv: int | None = None,
     validation_fraction: float = 0.2,
     center: bool = True,

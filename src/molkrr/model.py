@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import NotDifferentiableError, ShapeMismatchError
-from .krr import KernelRidge, select_hyperparameters
+from .krr import DEFAULT_LAMS, KernelRidge, select_hyperparameters
 from .molecules import Molecules, as_molecules
 
 
@@ -80,6 +80,11 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
             rep = clone(self.representation)
         self.representation_ = rep.fit(mols)
         X = transform_in_chunks(self.representation_, mols, progress=progress)
+        if X.shape[0] != len(mols):
+            raise ShapeMismatchError(
+                f"{type(rep).__name__} gives {X.shape[0]} feature rows for {len(mols)} molecules; MolecularKRR "
+                "needs one row per molecule (use a global representation, e.g. FCHL19(form='global'))"
+            )
         if self.metric is not None and self.prefit_metric:
             check_is_fitted(self.metric)
             self.metric_ = copy.deepcopy(self.metric)
@@ -96,7 +101,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
                 y,
                 kernel=self.kernel,
                 sigmas=None if sigma is None else [sigma],
-                lams=(1e-10, 1e-8, 1e-6, 1e-4, 1e-2) if lam is None else [lam],
+                lams=DEFAULT_LAMS if lam is None else [lam],
                 center=self.center,
                 progress=progress,
             )
