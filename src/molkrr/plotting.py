@@ -26,14 +26,17 @@ def plot_optimisation_trace(
     unit: str = "",
     title: str = "MLKRR optimisation",
     baseline: float | None = None,
+    learned: float | None = None,
 ) -> None:
     """Train and validation MAE per L-BFGS iteration (the MLKRR paper's figure 3), saved as PNG.
 
     history : a learner's ``history_`` (keys iteration, train_mae, and optionally val_iteration,
-        val_mae, segment). baseline : an MAE to draw as a horizontal line (e.g. plain tuned KRR).
+        val_mae, segment). The train MAE is that of the current A split, the validation MAE that of
+        the KRR on the current α split. baseline, learned : test MAEs drawn as horizontal lines
+        (plain tuned KRR, and tuned KRR retrained on all transformed training data).
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.6, 3.2), dpi=200)
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=200)
     it = np.asarray(history.get("iteration", []), dtype=float)
     train = np.asarray(history.get("train_mae", []), dtype=float)
     if it.size:
@@ -41,17 +44,30 @@ def plot_optimisation_trace(
     vit = np.asarray(history.get("val_iteration", []), dtype=float)
     val = np.asarray(history.get("val_mae", []), dtype=float)
     if vit.size and val.size:
-        ax.plot(vit, val, lw=1.4, color="tab:orange", label="validation")
+        ax.plot(vit, val, lw=1.4, color="tab:orange", label="validation (KRR on α split)")
+    u = f" {unit}" if unit else ""
     if baseline is not None:
-        ax.axhline(baseline, color="0.4", lw=0.8, ls="--", label="plain KRR (test)")
+        ax.axhline(baseline, color="0.4", lw=0.8, ls="--", label=f"plain tuned KRR, test: {baseline:.3g}{u}")
+    if learned is not None:
+        ax.axhline(learned, color="tab:green", lw=1.0, ls="-.", label=f"tuned KRR on A·x, test: {learned:.3g}{u}")
     ax.set_xlabel("L-BFGS iteration")
     ax.set_ylabel(f"MAE ({unit})" if unit else "MAE")
     ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
     ax.set_title(title)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(os.fspath(path))
     plt.close(fig)
+
+
+def _plain_log_ticks(axis) -> None:
+    """Label a log axis with plain numbers (2.5, 3, 4) instead of powers of ten."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(FormatStrFormatter(""))
 
 
 def plot_parity(
