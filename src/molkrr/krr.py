@@ -52,7 +52,9 @@ class KernelRidge(RegressorMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> "KernelRidge":
         """Fit on X (n, d) and y (n,) or (n, t)."""
-        X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
+        # C order throughout: BLAS results then do not depend on the caller's layout (a DataFrame is
+        # F-ordered), so a reloaded model predicts bitwise-equal values
+        X, y = validate_data(self, X, y, dtype=np.float64, order="C", multi_output=True, y_numeric=True)
         if not (np.isfinite(self.lam) and self.lam >= 0):
             raise InvalidInputError(f"lam must be a finite number ≥ 0, got {self.lam}")
         kernel = self._kernel()
@@ -66,7 +68,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """Predictions for X (n_q, d): shape (n_q,) or (n_q, t)."""
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = validate_data(self, X, dtype=np.float64, order="C", reset=False)
         kernel = self._kernel()
         out = np.empty((X.shape[0],) + self.alpha_.shape[1:])
         for start in range(0, X.shape[0], PREDICT_BLOCK):
@@ -94,6 +96,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         X = np.asarray(X, dtype=np.float64)
         if X.ndim == 1:
             X = X[None, :]
+        X = np.ascontiguousarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ShapeMismatchError(f"X must have shape (n, {self.n_features_in_}), got {X.shape}")
         if not np.isfinite(X).all():
