@@ -205,3 +205,31 @@ def test_value_and_gradient_equals_separate_calls_and_respects_n_active(name):
     v6, g6 = k.value_and_gradient(A, B, w, b_sqnorms=norms, n_active=6)
     np.testing.assert_allclose(v6, value, rtol=1e-10)
     np.testing.assert_allclose(g6[:, :6], grad[:, :6], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_active", [None, 30])
+def test_one_query_fused_path_equals_blas_path(monkeypatch, n_active):
+    """One query row against many reference rows takes the one-pass numba path; it must equal the
+    two-GEMV path to rounding, with and without the padded-columns promise, and with a σ where
+    many kernel values underflow."""
+    import molkrr.kernels as kernels
+
+    rng = np.random.default_rng(11)
+    B = rng.normal(size=(kernels.FUSED_MIN_ROWS + 517, 50))
+    w = rng.normal(size=B.shape[0])
+    a = rng.normal(size=(1, 50))
+    if n_active is not None:
+        a[:, n_active:] = 0.0
+    norms = np.einsum("ij,ij->i", B, B)
+    for sigma in (0.7, 3.0, 40.0):
+        k = make_kernel("gaussian", sigma)
+        v_fused, g_fused = k.value_and_gradient(a, B, w, b_sqnorms=norms, n_active=n_active)
+        with monkeypatch.context() as m:
+            m.setattr(kernels, "FUSED_MIN_ROWS", 10**12)
+            v_blas, g_blas = k.value_and_gradient(a, B, w, b_sqnorms=norms, n_active=n_active)
+        scale = np.abs(w).sum()
+        np.testing.assert_allclose(v_fused, k(a, B) @ w, rtol=1e-12, atol=1e-13 * scale)
+        np.testing.assert_allclose(v_fused, v_blas, rtol=1e-12, atol=1e-13 * scale)
+        np.testing.assert_allclose(g_fused, g_blas, rtol=1e-11, atol=1e-13 * scale / sigma**2 * np.abs(B).max())
+        if n_active is not None:
+            assert not g_fused[:, n_active:].any()

@@ -35,6 +35,10 @@ from .errors import InvalidInputError, ShapeMismatchError
 #: OpenBLAS syrk path that crashes for n ≥ 16000 (see DESIGN.md).
 ROW_BLOCK = 2048
 
+#: A single query row against at least this many reference rows takes the one-pass path of
+#: :mod:`molkrr._fused` (Gaussian kernel): one molecule's forces stream the training matrix once.
+FUSED_MIN_ROWS = 2048
+
 
 def squared_distances(
     A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None, *, b_sqnorms: np.ndarray | None = None
@@ -135,6 +139,16 @@ class GaussianKernel(Kernel):
 
     def value_and_gradient(self, A, B, weights, *, b_sqnorms=None, n_active=None):
         A, B, w = _check_gradient_args(A, B, weights)
+        if A.shape[0] == 1 and B.shape[0] >= FUSED_MIN_ROWS and B.flags.c_contiguous:
+            from ._fused import gaussian_value_and_gradient_one
+
+            p = A.shape[1] if n_active is None else min(int(n_active), A.shape[1])
+            if b_sqnorms is None:
+                b_sqnorms = np.einsum("ij,ij->i", B, B)
+            value, g = gaussian_value_and_gradient_one(A[0], B, np.asarray(b_sqnorms, dtype=np.float64), w, p, self.sigma)
+            grad = np.zeros_like(A)
+            grad[0, :p] = g
+            return np.array([value]), grad
         Ap, Bp, K = _active_squared_distances(A, B, b_sqnorms, n_active)
         K = self.from_distances(K)
         value = K @ w
