@@ -48,10 +48,10 @@ def main() -> None:
     finite_difference_forces(model, query[0])
     singles = [query[i] for i in range(len(query))]
 
-    def time_analytic(one_pass: bool) -> tuple[list[float], list[np.ndarray]]:
-        """Best of 3 per molecule, with the one-pass kernel path on or off for the whole loop."""
+    def time_analytic(single_query: bool) -> tuple[list[float], list[np.ndarray]]:
+        """Best of 3 per molecule, with the single-query kernel path on or off for the whole loop."""
         saved = kernels.FUSED_MIN_ROWS
-        kernels.FUSED_MIN_ROWS = saved if one_pass else 10**12
+        kernels.FUSED_MIN_ROWS = saved if single_query else 10**12
         times, out = [], []
         try:
             for mol in singles:
@@ -66,7 +66,7 @@ def main() -> None:
             kernels.FUSED_MIN_ROWS = saved
         return times, out
 
-    # A B A B: the one-pass kernel path (default) against the two-GEMV path, in blocks, not
+    # A B A B: the single-query kernel path (default) against the two-GEMV path, in blocks, not
     # interleaved per call (switching between numba's and OpenBLAS's thread pools slows both)
     rounds = [time_analytic(flag) for flag in (True, False, True, False)]
     t_an = np.minimum(rounds[0][0], rounds[2][0])

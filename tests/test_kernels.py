@@ -207,11 +207,13 @@ def test_value_and_gradient_equals_separate_calls_and_respects_n_active(name):
     np.testing.assert_allclose(g6[:, :6], grad[:, :6], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("n_active", [None, 30])
-def test_one_query_fused_path_equals_blas_path(monkeypatch, n_active):
-    """One query row against many reference rows takes the one-pass numba path; it must equal the
-    two-GEMV path to rounding, with and without the padded-columns promise, and with a σ where
-    many kernel values underflow."""
+@pytest.mark.parametrize("n_active", [None, 45, 20])
+@pytest.mark.parametrize("columns", [False, True])
+def test_single_query_paths_equal_the_blas_path(monkeypatch, n_active, columns):
+    """One query row against many reference rows takes the single-query path (row-order numba pass,
+    or with Bᵀ supplied and few active features, the feature-major pass); both must equal the generic
+    two-GEMV path to rounding, with and without the padded-columns promise, and with a σ where many
+    kernel values underflow."""
     import molkrr.kernels as kernels
 
     rng = np.random.default_rng(11)
@@ -221,15 +223,24 @@ def test_one_query_fused_path_equals_blas_path(monkeypatch, n_active):
     if n_active is not None:
         a[:, n_active:] = 0.0
     norms = np.einsum("ij,ij->i", B, B)
+    calls = []
+
+    def b_columns():
+        calls.append(1)
+        return np.ascontiguousarray(B.T)
+
     for sigma in (0.7, 3.0, 40.0):
         k = make_kernel("gaussian", sigma)
-        v_fused, g_fused = k.value_and_gradient(a, B, w, b_sqnorms=norms, n_active=n_active)
+        v_one, g_one = k.value_and_gradient(a, B, w, b_sqnorms=norms, n_active=n_active,
+                                            b_columns=b_columns if columns else None)
         with monkeypatch.context() as m:
             m.setattr(kernels, "FUSED_MIN_ROWS", 10**12)
             v_blas, g_blas = k.value_and_gradient(a, B, w, b_sqnorms=norms, n_active=n_active)
         scale = np.abs(w).sum()
-        np.testing.assert_allclose(v_fused, k(a, B) @ w, rtol=1e-12, atol=1e-13 * scale)
-        np.testing.assert_allclose(v_fused, v_blas, rtol=1e-12, atol=1e-13 * scale)
-        np.testing.assert_allclose(g_fused, g_blas, rtol=1e-11, atol=1e-13 * scale / sigma**2 * np.abs(B).max())
+        np.testing.assert_allclose(v_one, k(a, B) @ w, rtol=1e-12, atol=1e-13 * scale)
+        np.testing.assert_allclose(v_one, v_blas, rtol=1e-12, atol=1e-13 * scale)
+        np.testing.assert_allclose(g_one, g_blas, rtol=1e-11, atol=1e-13 * scale / sigma**2 * np.abs(B).max())
         if n_active is not None:
-            assert not g_fused[:, n_active:].any()
+            assert not g_one[:, n_active:].any()
+    # the feature-major copy is asked for only when it is used: Bᵀ given and at most 60 % of 50 active
+    assert bool(calls) == (columns and n_active == 20)

@@ -26,6 +26,8 @@ where a component of a − b vanishes; its gradient there uses sign(0) = 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.spatial.distance import cdist
 
@@ -35,8 +37,8 @@ from .errors import InvalidInputError, ShapeMismatchError
 #: OpenBLAS syrk path that crashes for n ≥ 16000 (see DESIGN.md).
 ROW_BLOCK = 2048
 
-#: A single query row against at least this many reference rows takes the one-pass path of
-#: :mod:`molkrr._fused` (Gaussian kernel): one molecule's forces stream the training matrix once.
+#: A single query row against at least this many reference rows takes the memory-lean path of
+#: :mod:`molkrr._single_query` (Gaussian kernel): one molecule's forces read the training matrix once.
 FUSED_MIN_ROWS = 2048
 
 
@@ -108,6 +110,7 @@ class Kernel:
         *,
         b_sqnorms: np.ndarray | None = None,
         n_active: int | None = None,
+        b_columns: Callable[[], np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(Σ_m w_m k(a_i, b_m) of shape (n_a,), its gradient ∂/∂a_i of shape (n_a, d)) from ONE kernel evaluation.
 
@@ -115,6 +118,8 @@ class Kernel:
         n_active : a promise that A[:, n_active:] is zero and that the caller ignores gradient columns
             from n_active on (they are returned as 0): then only B[:, :n_active] is read, which is what
             makes one-molecule forces from a large training set cheap (padded Coulomb matrices).
+        b_columns : a callable returning Bᵀ as a C-contiguous (d, n_b) array (e.g. cached by a model);
+            the Gaussian kernel's single-query path reads it when few features are active.
         """
         return self(A, B) @ weights, self.gradient(A, B, weights)
 
@@ -137,15 +142,17 @@ class GaussianKernel(Kernel):
     def gradient(self, A, B, weights):
         return self.value_and_gradient(A, B, weights)[1]
 
-    def value_and_gradient(self, A, B, weights, *, b_sqnorms=None, n_active=None):
+    def value_and_gradient(self, A, B, weights, *, b_sqnorms=None, n_active=None, b_columns=None):
         A, B, w = _check_gradient_args(A, B, weights)
         if A.shape[0] == 1 and B.shape[0] >= FUSED_MIN_ROWS and B.flags.c_contiguous:
-            from ._fused import gaussian_value_and_gradient_one
+            from ._single_query import gaussian_value_and_gradient_one
 
             p = A.shape[1] if n_active is None else min(int(n_active), A.shape[1])
             if b_sqnorms is None:
                 b_sqnorms = np.einsum("ij,ij->i", B, B)
-            value, g = gaussian_value_and_gradient_one(A[0], B, np.asarray(b_sqnorms, dtype=np.float64), w, p, self.sigma)
+            value, g = gaussian_value_and_gradient_one(
+                A[0], B, np.asarray(b_sqnorms, dtype=np.float64), w, p, self.sigma, b_columns
+            )
             grad = np.zeros_like(A)
             grad[0, :p] = g
             return np.array([value]), grad
@@ -177,7 +184,7 @@ class _RadialKernel(Kernel):
     def gradient(self, A, B, weights):
         return self.value_and_gradient(A, B, weights)[1]
 
-    def value_and_gradient(self, A, B, weights, *, b_sqnorms=None, n_active=None):
+    def value_and_gradient(self, A, B, weights, *, b_sqnorms=None, n_active=None, b_columns=None):
         A, B, w = _check_gradient_args(A, B, weights)
         Ap, Bp, r = _active_squared_distances(A, B, b_sqnorms, n_active)
         np.sqrt(r, out=r)

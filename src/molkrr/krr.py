@@ -111,9 +111,19 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         for start in range(0, X.shape[0], PREDICT_BLOCK):
             stop = min(start + PREDICT_BLOCK, X.shape[0])
             values[start:stop], grads[start:stop] = kernel.value_and_gradient(
-                X[start:stop], self.X_fit_, self.alpha_, b_sqnorms=self._train_sq_norms(), n_active=n_active
+                X[start:stop], self.X_fit_, self.alpha_, b_sqnorms=self._train_sq_norms(), n_active=n_active,
+                b_columns=self._train_columns,
             )
         return values + self.y_mean_, grads
+
+    def _train_columns(self) -> np.ndarray:
+        """X_fit_ᵀ in feature-major order (d, n), built on first use by a one-molecule force call with few
+        active features (derived state, not saved)."""
+        cached = self.__dict__.get("_columns")
+        if cached is None or cached[0] is not self.X_fit_:
+            cached = (self.X_fit_, np.ascontiguousarray(self.X_fit_.T))
+            self.__dict__["_columns"] = cached
+        return cached[1]
 
     def _train_sq_norms(self) -> np.ndarray:
         """‖x_m‖² of the training rows, computed once (derived state, not saved)."""
