@@ -135,3 +135,18 @@ def test_learn_metric_small_run_writes_model_and_trace(runner, tmp_path):
     out = runner.invoke(cli, args)
     assert out.exit_code == 0, out.output
     np.testing.assert_array_equal(molkrr.load_model(model_path).metric_.components_, model.metric_.components_)
+
+
+def test_learn_metric_mlkr_baseline(runner, tmp_path):
+    model_path, png = tmp_path / "mlkr.npz", tmp_path / "trace.png"
+    args = ["learn-metric", "--dataset", "qm9", "--method", "mlkr", "--n-train", "100", "--n-val", "20", "--n-test", "30",
+            "--representation", "cm-sorted", "--n-components", "10", "--init", "pca", "--max-iter", "5",
+            "--validation-every", "2", "-o", str(model_path), "--plot", str(png), "-q"]
+    out = runner.invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    assert "MLKR (" in out.output and "MLKRR" not in out.output
+    model = molkrr.load_model(model_path)
+    assert type(model.metric_).__name__ == "MLKR" and model.metric_.components_.shape[0] == 10
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = runner.invoke(cli, [*args, "--checkpoint", str(tmp_path / "c.npz")])
+    assert out.exit_code != 0 and "--checkpoint is for MLKRR" in out.output
