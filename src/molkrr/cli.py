@@ -319,7 +319,9 @@ def learn_metric(dataset, xyz, energy_key, n_train, n_val, n_test, prop, unit, r
     model.fit(train_set)
     model.save(output)
     plot_optimisation_trace(learner.history_, plot, unit=unit or "", baseline=mae_plain, learned=mae_learned,
-                            title=f"{method.upper()} on {len(train_set)} molecules ({representation})")
+                            title=f"{method.upper()} on {len(train_set)} molecules ({representation})",
+                            **({} if method == "mlkrr" else {"train_label": "train (leave-one-out NW)",
+                                                              "validation_label": "validation (NW on training set)"}))
     click.echo(f"model written to {output}, trace to {plot}; total {time.perf_counter() - t_start:.0f} s")
 
 

@@ -27,24 +27,27 @@ def plot_optimisation_trace(
     title: str = "MLKRR optimisation",
     baseline: float | None = None,
     learned: float | None = None,
+    train_label: str = "train (A split)",
+    validation_label: str = "validation (KRR on α split)",
 ) -> None:
     """Train and validation MAE per L-BFGS iteration (the MLKRR paper's figure 3), saved as PNG.
 
     history : a learner's ``history_`` (keys iteration, train_mae, and optionally val_iteration,
-        val_mae, segment). The train MAE is that of the current A split, the validation MAE that of
-        the KRR on the current α split. baseline, learned : test MAEs drawn as horizontal lines
-        (plain tuned KRR, and tuned KRR retrained on all transformed training data).
+        val_mae, segment). For MLKRR the train MAE is that of the current A split and the validation
+        MAE that of the KRR on the current α split (the default labels; pass others for MLKR).
+    baseline, learned : test MAEs drawn as horizontal lines (plain tuned KRR, and tuned KRR
+        retrained on all transformed training data).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=200)
     it = np.asarray(history.get("iteration", []), dtype=float)
     train = np.asarray(history.get("train_mae", []), dtype=float)
     if it.size:
-        ax.plot(it, train, lw=0.8, color="tab:blue", label="train (A split)")
+        ax.plot(it, train, lw=0.8, color="tab:blue", label=train_label)
     vit = np.asarray(history.get("val_iteration", []), dtype=float)
     val = np.asarray(history.get("val_mae", []), dtype=float)
     if vit.size and val.size:
-        ax.plot(vit, val, lw=1.4, color="tab:orange", label="validation (KRR on α split)")
+        ax.plot(vit, val, lw=1.4, color="tab:orange", label=validation_label)
     u = f" {unit}" if unit else ""
     if baseline is not None:
         ax.axhline(baseline, color="0.4", lw=0.8, ls="--", label=f"plain tuned KRR, test: {baseline:.3g}{u}")
