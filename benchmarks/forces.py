@@ -28,6 +28,16 @@ from molkrr.representations import make_representation
 SIGMA = {"cm-sorted": 1000.0, "cm-unsorted": 1000.0, "cm-eigenvalues": 100.0, "bob": 500.0, "fchl19": 800.0}
 
 
+def best_time(fn, repeat: int) -> float:
+    """Shortest of ``repeat`` wall-clock timings of fn()."""
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--representation", default="cm-sorted")
@@ -50,20 +60,13 @@ def main() -> None:
 
     def time_analytic(single_query: bool) -> tuple[list[float], list[np.ndarray]]:
         """Best of 3 per molecule, with the single-query kernel path on or off for the whole loop."""
-        saved = kernels.FUSED_MIN_ROWS
-        kernels.FUSED_MIN_ROWS = saved if single_query else 10**12
-        times, out = [], []
+        saved = kernels.SINGLE_QUERY_MIN_ROWS
+        kernels.SINGLE_QUERY_MIN_ROWS = saved if single_query else 10**12
         try:
-            for mol in singles:
-                best = np.inf
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    _, (F,) = model.predict_energies_and_forces(mol)
-                    best = min(best, time.perf_counter() - t0)
-                times.append(best)
-                out.append(F)
+            times = [best_time(lambda: model.predict_energies_and_forces(mol), 3) for mol in singles]
+            out = [model.predict_energies_and_forces(mol)[1][0] for mol in singles]
         finally:
-            kernels.FUSED_MIN_ROWS = saved
+            kernels.SINGLE_QUERY_MIN_ROWS = saved
         return times, out
 
     # A B A B: the single-query kernel path (default) against the two-GEMV path, in blocks, not
@@ -76,22 +79,10 @@ def main() -> None:
     # the two parts: the representation (transform + VJP) and one read of the training matrix
     # (a matrix-vector product: the memory-bound floor of the kernel part, which must read it once)
     rep_ = model.representation_
-    t_rep = []
-    for mol in singles:
-        best = np.inf
-        for _ in range(3):
-            t0 = time.perf_counter()
-            X1 = rep_.transform(mol)
-            rep_.vjp(mol, np.ones_like(X1))
-            best = min(best, time.perf_counter() - t0)
-        t_rep.append(best)
+    t_rep = [best_time(lambda: rep_.vjp(mol, np.ones_like(rep_.transform(mol))), 3) for mol in singles]
     X_fit = model.krr_.X_fit_
     v = np.ones(X_fit.shape[1])
-    t_read = np.inf
-    for _ in range(10):
-        t0 = time.perf_counter()
-        X_fit @ v
-        t_read = min(t_read, time.perf_counter() - t0)
+    t_read = best_time(lambda: X_fit @ v, 10)
     t_fd, errs = [], []
     for mol, F in zip(singles, forces):
         t0 = time.perf_counter()

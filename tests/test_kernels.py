@@ -217,7 +217,7 @@ def test_single_query_paths_equal_the_blas_path(monkeypatch, n_active, columns):
     import molkrr.kernels as kernels
 
     rng = np.random.default_rng(11)
-    B = rng.normal(size=(kernels.FUSED_MIN_ROWS + 517, 50))
+    B = rng.normal(size=(kernels.SINGLE_QUERY_MIN_ROWS + 517, 50))
     w = rng.normal(size=B.shape[0])
     a = rng.normal(size=(1, 50))
     if n_active is not None:
@@ -234,7 +234,7 @@ def test_single_query_paths_equal_the_blas_path(monkeypatch, n_active, columns):
         v_one, g_one = k.value_and_gradient(a, B, w, b_sqnorms=norms, n_active=n_active,
                                             b_columns=b_columns if columns else None)
         with monkeypatch.context() as m:
-            m.setattr(kernels, "FUSED_MIN_ROWS", 10**12)
+            m.setattr(kernels, "SINGLE_QUERY_MIN_ROWS", 10**12)
             v_blas, g_blas = k.value_and_gradient(a, B, w, b_sqnorms=norms, n_active=n_active)
         scale = np.abs(w).sum()
         np.testing.assert_allclose(v_one, k(a, B) @ w, rtol=1e-12, atol=1e-13 * scale)

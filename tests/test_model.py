@@ -254,15 +254,15 @@ def test_atomic_representation_is_refused_with_a_clear_error(qm9):
 
 
 @pytest.mark.parametrize("rep_name", ["cm-unsorted", "fchl19"])
-def test_one_molecule_forces_through_the_one_pass_kernel_match_finite_differences(qm9, monkeypatch, rep_name):
-    """One molecule against a large training set takes the one-pass kernel path; forced on here."""
+def test_one_molecule_forces_through_the_single_query_kernel_match_finite_differences(qm9, monkeypatch, rep_name):
+    """One molecule against a large training set takes the single-query kernel path; forced on here."""
     import molkrr.kernels as kernels
 
     train, test = qm9[:40], qm9[40:43]
     rep = make_representation(rep_name, **QM9_SIZES.get(rep_name[:2], {}))
     sigma = sigma_for(rep, "gaussian", rep.fit(train).transform(train))
     model = MolecularKRR(rep, kernel="gaussian", sigma=sigma, lam=1e-6).fit(train)
-    monkeypatch.setattr(kernels, "FUSED_MIN_ROWS", 1)
+    monkeypatch.setattr(kernels, "SINGLE_QUERY_MIN_ROWS", 1)
     for i in range(len(test)):
         energy, (F,) = model.predict_energies_and_forces(test[i])
         F_fd = finite_difference_forces(model, test[i], h=1e-4)

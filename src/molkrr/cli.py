@@ -303,10 +303,13 @@ def learn_metric(dataset, xyz, energy_key, n_train, n_val, n_test, prop, unit, r
     )
     if method == "mlkrr":
         learner = MLKRR(lam=lam, shuffle_every=shuffle_every, alpha_fraction=alpha_fraction, **common)
+        fit_options, trace_labels = {"checkpoint": checkpoint}, {}
     else:
         learner = MLKR(**common)
+        fit_options = {}
+        trace_labels = {"train_label": "train (leave-one-out NW)", "validation_label": "validation (NW on training set)"}
     t0 = time.perf_counter()
-    learner.fit(X, y, checkpoint=checkpoint) if method == "mlkrr" else learner.fit(X, y)
+    learner.fit(X, y, **fit_options)
     t_learn = time.perf_counter() - t0
     Z, Zv, Zt = (learner.transform(a) for a in (X, Xv, Xt))
     learned = tuned_krr(Z, Zv, "KRR on A x")
@@ -319,9 +322,7 @@ def learn_metric(dataset, xyz, energy_key, n_train, n_val, n_test, prop, unit, r
     model.fit(train_set)
     model.save(output)
     plot_optimisation_trace(learner.history_, plot, unit=unit or "", baseline=mae_plain, learned=mae_learned,
-                            title=f"{method.upper()} on {len(train_set)} molecules ({representation})",
-                            **({} if method == "mlkrr" else {"train_label": "train (leave-one-out NW)",
-                                                              "validation_label": "validation (NW on training set)"}))
+                            title=f"{method.upper()} on {len(train_set)} molecules ({representation})", **trace_labels)
     click.echo(f"model written to {output}, trace to {plot}; total {time.perf_counter() - t_start:.0f} s")
 
 

@@ -39,7 +39,7 @@ ROW_BLOCK = 2048
 
 #: A single query row against at least this many reference rows takes the memory-lean path of
 #: :mod:`molkrr._single_query` (Gaussian kernel): one molecule's forces read the training matrix once.
-FUSED_MIN_ROWS = 2048
+SINGLE_QUERY_MIN_ROWS = 2048
 
 
 def squared_distances(
@@ -144,7 +144,7 @@ class GaussianKernel(Kernel):
 
     def value_and_gradient(self, A, B, weights, *, b_sqnorms=None, n_active=None, b_columns=None):
         A, B, w = _check_gradient_args(A, B, weights)
-        if A.shape[0] == 1 and B.shape[0] >= FUSED_MIN_ROWS and B.flags.c_contiguous:
+        if A.shape[0] == 1 and B.shape[0] >= SINGLE_QUERY_MIN_ROWS and B.flags.c_contiguous:
             from ._single_query import gaussian_value_and_gradient_one
 
             p = A.shape[1] if n_active is None else min(int(n_active), A.shape[1])

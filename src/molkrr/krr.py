@@ -7,6 +7,7 @@ the σ convention are those of :mod:`molkrr.kernels`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,10 +94,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             (returned as 0); see :meth:`molkrr.kernels.Kernel.value_and_gradient`. Checked, not trusted.
         """
         check_is_fitted(self)
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim == 1:
-            X = X[None, :]
-        X = np.ascontiguousarray(X)
+        X = np.ascontiguousarray(np.atleast_2d(np.asarray(X, dtype=np.float64)))
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ShapeMismatchError(f"X must have shape (n, {self.n_features_in_}), got {X.shape}")
         if not np.isfinite(X).all():
@@ -116,22 +114,22 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             )
         return values + self.y_mean_, grads
 
-    def _train_columns(self) -> np.ndarray:
-        """X_fit_ᵀ in feature-major order (d, n), built on first use by a one-molecule force call with few
-        active features (derived state, not saved)."""
-        cached = self.__dict__.get("_columns")
+    def _derived(self, key: str, build: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """build(X_fit_), computed once per fitted X_fit_ (derived state, not saved in model files)."""
+        cached = self.__dict__.get(key)
         if cached is None or cached[0] is not self.X_fit_:
-            cached = (self.X_fit_, np.ascontiguousarray(self.X_fit_.T))
-            self.__dict__["_columns"] = cached
+            cached = (self.X_fit_, build(self.X_fit_))
+            self.__dict__[key] = cached
         return cached[1]
 
+    def _train_columns(self) -> np.ndarray:
+        """X_fit_ᵀ in feature-major order (d, n): built on first use by a one-molecule force call with few
+        active features."""
+        return self._derived("_columns", lambda X: np.ascontiguousarray(X.T))
+
     def _train_sq_norms(self) -> np.ndarray:
-        """‖x_m‖² of the training rows, computed once (derived state, not saved)."""
-        cached = self.__dict__.get("_sq_norms")
-        if cached is None or cached[0] is not self.X_fit_:
-            cached = (self.X_fit_, np.einsum("ij,ij->i", self.X_fit_, self.X_fit_))
-            self.__dict__["_sq_norms"] = cached
-        return cached[1]
+        """‖x_m‖² of the training rows (n,)."""
+        return self._derived("_sq_norms", lambda X: np.einsum("ij,ij->i", X, X))
 
 
 # ----------------------------------------------------------------------------- selection
