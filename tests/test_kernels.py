@@ -10,7 +10,7 @@ from sklearn.gaussian_process.kernels import Matern
 from sklearn.metrics.pairwise import laplacian_kernel, linear_kernel, rbf_kernel
 
 from molkrr.errors import InvalidInputError, MolkrrError, ShapeMismatchError
-from molkrr.kernels import KERNELS, GaussianKernel, make_kernel, squared_distances
+from molkrr.kernels import KERNELS, GaussianKernel, Kernel, make_kernel, squared_distances
 
 NAMES = sorted(KERNELS)
 SIGMAS = [0.7, 3.0]
@@ -40,7 +40,7 @@ def AB() -> tuple[np.ndarray, np.ndarray]:
 def test_values_equal_sklearn(name, sigma, AB):
     A, B = AB
     k = make_kernel(name, sigma)
-    assert k.name == name and type(k) is KERNELS[name]
+    assert k.name == name and isinstance(k, Kernel)
     np.testing.assert_allclose(k(A, B), _reference(name, sigma, A, B), rtol=0, atol=1e-12)
     K = k(A)
     np.testing.assert_allclose(K, _reference(name, sigma, A, A), rtol=0, atol=1e-12)
@@ -50,12 +50,13 @@ def test_values_equal_sklearn(name, sigma, AB):
 @pytest.mark.parametrize("name", NAMES)
 def test_values_in_row_blocks(name, AB, monkeypatch):
     """The row-blocked builders give the same matrix as one block."""
-    from molkrr import kernels
+    from molkrr.kernels import blocks, laplacian, linear
 
     A, B = AB
     k = make_kernel(name, 2.0)
     full = k(A, B)
-    monkeypatch.setattr(kernels, "ROW_BLOCK", 5)  # 23 rows: blocks of 5, last one of 3
+    for module in (blocks, laplacian, linear):
+        monkeypatch.setattr(module, "ROW_BLOCK", 5)  # 23 rows: blocks of 5, last one of 3
     np.testing.assert_allclose(k(A, B), full, rtol=0, atol=1e-13)
 
 
@@ -72,8 +73,8 @@ def test_from_distances_consistent(name, AB):
     expected = {
         "gaussian": (diff**2).sum(-1),
         "laplacian": np.abs(diff).sum(-1),
-        "matern32": np.sqrt((diff**2).sum(-1)),
-        "matern52": np.sqrt((diff**2).sum(-1)),
+        "matern32": (diff**2).sum(-1),
+        "matern52": (diff**2).sum(-1),
         "linear": A @ B.T,
     }[name]
     np.testing.assert_allclose(D, expected, rtol=1e-12, atol=1e-12)
@@ -118,9 +119,15 @@ def test_shape_mismatch_errors(AB):
 
 @pytest.mark.parametrize("sigma", [0.0, -1.0, np.nan, np.inf])
 def test_invalid_sigma(sigma):
+    A = np.ones((2, 3))
     for name in NAMES:
+        if not make_kernel(name).has_length_scale:
+            assert make_kernel(name, sigma)(A).shape == (2, 2)  # Linear: no σ to check
+            continue
         with pytest.raises(InvalidInputError, match="sigma"):
             make_kernel(name, sigma)
+        with pytest.raises(InvalidInputError, match="sigma"):  # objects are checked when used (scikit-learn style)
+            make_kernel(name).with_sigma(sigma)(A)
 
 
 def test_unknown_kernel():
@@ -130,7 +137,8 @@ def test_unknown_kernel():
 
 
 def test_repr():
-    assert repr(GaussianKernel(2.5)) == "GaussianKernel(sigma=2.5)"
+    assert repr(GaussianKernel(2.5)) == "Gaussian(sigma=2.5)"
+    assert repr(make_kernel("matern52", 2.0)) == "Matern(nu=2.5, sigma=2.0)"
 
 
 # ---------------------------------------------------------------------------------------- gradients

@@ -417,7 +417,8 @@ def test_selection_bad_arguments(wavy):
 
 def test_selection_linear_kernel_ignores_sigma(wavy):
     X, y = wavy
-    res = select_hyperparameters(X, y, kernel="linear", sigmas=[1.0, 2.0], lams=[1e-3])
-    assert res.scores[0, 0] == res.scores[1, 0]
+    res = select_hyperparameters(X, y, kernel="linear", sigmas=[1.0, 2.0], lams=[1e-3, 1e-1])
+    assert res.scores.shape == (1, 2) and res.sigma is None  # no σ to select: only λ
+    assert res.lam in (1e-3, 1e-1)
     ref = make_kernel("linear")(X[:3], X[:3])
     np.testing.assert_allclose(ref, X[:3] @ X[:3].T)

@@ -16,7 +16,7 @@ from sklearn.exceptions import NotFittedError
 
 from molkrr.errors import InvalidInputError, ModelFileError, MolkrrError, ShapeMismatchError
 from molkrr.metric import MLKR, MLKRR, mlkr_loss_and_grad, mlkrr_loss_and_grad
-from molkrr.metric.base import _Objective
+from molkrr.metric.driver import _Objective
 
 # ----------------------------------------------------------------------------------------------
 # brute-force references (explicit loops over pairs, explicit inverse: fine for tiny data)
@@ -149,11 +149,11 @@ def test_objective_wrapper_log_sigma_gradient(split_data):
 
 def test_not_positive_definite_is_a_typed_error():
     from molkrr.errors import NumericalError
-    from molkrr.metric.mlkrr import _cholesky_upper_inplace
+    from molkrr.metric.mlkrr import _factor_upper
 
     H = np.array([[1.0, 0.0], [2.0, 1.0]])  # lower triangle of an indefinite matrix
     with pytest.raises(NumericalError, match="lam"):
-        _cholesky_upper_inplace(H)
+        _factor_upper(H)
 
 
 def test_mlkrr_function_typed_errors(split_data):
@@ -255,9 +255,8 @@ def krr_mae(Xtr, ytr, Xte, yte, A, sigma, lam=1e-6):
 
 def test_mlkrr_learns_relevant_features_and_lowers_validation_error():
     X, y, Xv, yv = relevant_feature_problem()
-    est = MLKRR(sigma=3.0, lam=1e-6, max_iter=60, shuffle_every=15, random_state=0,
-                validation_data=(Xv, yv), validation_every=5)
-    est.fit(X, y)
+    est = MLKRR(sigma=3.0, lam=1e-6, max_iter=60, shuffle_every=15, random_state=0, validation_every=5)
+    est.fit(X, y, validation_data=(Xv, yv))
     A = est.components_
     assert A.shape == (8, 8)
     before = krr_mae(X, y, Xv, yv, np.eye(8), 3.0)
@@ -275,8 +274,8 @@ def test_mlkrr_learns_relevant_features_and_lowers_validation_error():
 
 def test_mlkr_lowers_loss_and_learn_sigma():
     X, y, Xv, yv = relevant_feature_problem(n=80, n_val=40)
-    est = MLKR(sigma=2.0, max_iter=30, learn_sigma=True, validation_data=(Xv, yv), validation_every=10)
-    est.fit(X, y)
+    est = MLKR(sigma=2.0, max_iter=30, learn_sigma=True, validation_every=10)
+    est.fit(X, y, validation_data=(Xv, yv))
     assert est.history_["loss"][-1] < 0.5 * mlkr_loss_and_grad(np.eye(8), X, y, 2.0)[0]
     assert est.sigma_ != 2.0 and est.history_["sigma"][-1] == est.sigma_
 
@@ -343,7 +342,7 @@ def test_estimator_typed_errors():
     with pytest.raises(InvalidInputError):
         MLKRR().fit(X, None)
     with pytest.raises(ShapeMismatchError):
-        MLKRR(validation_data=(X[:, :3], y), max_iter=1).fit(X, y)
+        MLKRR(max_iter=1).fit(X, y, validation_data=(X[:, :3], y))
     assert issubclass(InvalidInputError, MolkrrError)
 
 
@@ -427,7 +426,7 @@ def test_checkpoint_survives_sigkill(tmp_path):
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    from molkrr.metric.base import read_checkpoint
+    from molkrr.metric.checkpoints import read_checkpoint
 
     n_done = read_checkpoint(path)[1]["n_iter"]
     assert 0 < n_done < 30

@@ -1,8 +1,10 @@
 """MolecularKRR: representation → optional metric → kernel ridge regression; energies and forces.
 
-Energy goes forward, E = ȳ + Σ_m α_m k(z, z_m) with z = A x(R) (A = identity without a metric);
-forces come back as vector–Jacobian products, F = −VJP_R(Aᵀ Σ_m α_m ∂k(z, z_m)/∂z). See
-docs/forces.md for the derivation.
+Energy goes forward through a chain of three links, E = krr(metric(rep(R))) with
+z = A x(R) (A = identity without a metric); forces come back through the same links as
+vector–Jacobian products, F = −rep.vjp(metric.vjp(∂E/∂z)). Each link owns its own shortcuts: the
+representation says which features can depend on positions (padding), the metric whether that
+survives it, the kernel layer chooses its single-query path. See docs/forces.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import NotDifferentiableError, ShapeMismatchError
+from .kernels import Kernel, make_kernel
 from .krr import DEFAULT_LAMS, KernelRidge, select_hyperparameters
+from .metric.base_metric import as_metric
 from .molecules import Molecules, as_molecules
 
 
@@ -28,11 +32,14 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     ----------
     representation : Representation, optional
         Maps molecules to features (default: sorted Coulomb matrix). Cloned and fitted in ``fit``.
-    kernel : str
-        Kernel name, see :mod:`molkrr.kernels` (σ convention there).
+    kernel : str or Kernel
+        Kernel name or object, see :mod:`molkrr.kernels` (σ convention there), e.g. 'gaussian' or
+        ``molkrr.kernels.Matern(nu=2.5)``.
     sigma, lam : float or None
-        Kernel width and ridge; ``None`` selects the missing ones by validation MAE in ``fit``
-        (:func:`molkrr.krr.select_hyperparameters`).
+        Kernel width and ridge. σ: a number is used as given; None takes the kernel object's σ if it
+        has one, else selects σ. λ: None selects it. Selection is by validation MAE in ``fit``
+        (:func:`molkrr.krr.select_hyperparameters`); kernels without a length scale (``Linear``)
+        have only λ selected.
     metric : transformer with ``components_``, optional
         A learned linear map z = A x (e.g. :class:`molkrr.MLKRR`), fitted on the training features.
     prefit_metric : bool
@@ -50,7 +57,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     def __init__(
         self,
         representation: Any = None,
-        kernel: str = "gaussian",
+        kernel: "str | Kernel" = "gaussian",
         sigma: float | None = None,
         lam: float | None = 1e-8,
         metric: Any = None,
@@ -94,21 +101,27 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
             X = self.metric_.transform(X)
         else:
             self.metric_ = None
+        kernel = make_kernel(self.kernel)
         sigma, lam = self.sigma, self.lam
-        if sigma is None or lam is None:
+        if sigma is None and not isinstance(self.kernel, str):
+            sigma = kernel.sigma  # the object's own σ, if it has one
+        needs_sigma = kernel.has_length_scale and sigma is None
+        if needs_sigma or lam is None:
             sel = select_hyperparameters(
                 X,
                 y,
-                kernel=self.kernel,
+                kernel=kernel,
                 sigmas=None if sigma is None else [sigma],
                 lams=DEFAULT_LAMS if lam is None else [lam],
                 center=self.center,
                 progress=progress,
             )
             sigma, lam = sel.sigma, sel.lam
-        self.sigma_, self.lam_ = float(sigma), float(lam)
+        self.sigma_ = float(sigma) if kernel.has_length_scale else None
+        self.lam_ = float(lam)
         if progress:
-            print(f"solving the {len(y)} x {len(y)} kernel system (sigma={sigma:.4g}, lambda={lam:.1e})", file=sys.stderr)
+            width = f"sigma={self.sigma_:.4g}, " if self.sigma_ is not None else ""
+            print(f"solving the {len(y)} x {len(y)} kernel system ({width}lambda={lam:.1e})", file=sys.stderr)
         self.krr_ = KernelRidge(self.kernel, self.sigma_, self.lam_, self.center).fit(X, y)
         return self
 
@@ -116,8 +129,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     def features(self, molecules: Any) -> np.ndarray:
         """The features the KRR sees, z = A x(R): shape (n_molecules, n_components)."""
         check_is_fitted(self)
-        X = self.representation_.transform(as_molecules(molecules))
-        return X if self.metric_ is None else self.metric_.transform(X)
+        return as_metric(self.metric_).transform(self.representation_.transform(as_molecules(molecules)))
 
     def predict(self, molecules: Any) -> np.ndarray:
         """Energies, shape (n_molecules,), in ``energy_unit``."""
@@ -132,19 +144,16 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         """(energies (n_molecules,), forces: list of (n_atoms_i, 3)) sharing one feature evaluation."""
         check_is_fitted(self)
         mols = as_molecules(molecules)
-        rep = self.representation_
+        rep, metric, krr = self.representation_, as_metric(self.metric_), self.krr_
         if not getattr(rep, "differentiable", False):
             raise NotDifferentiableError(f"{type(rep).__name__} has no derivative with respect to positions")
-        if not getattr(self.krr_._kernel(), "differentiable", False):
-            raise NotDifferentiableError(f"kernel {self.kernel!r} is not differentiable")
-        X = rep.transform(mols)
-        Z = X if self.metric_ is None else self.metric_.transform(X)
-        # without a metric, padded features (zero, position-independent) need no kernel work
-        n_active = rep.feature_support(mols) if self.metric_ is None else None
-        energies, G = self.krr_.predict_with_gradient(Z, n_active=n_active)  # G = ∂E/∂z, (n, n_components)
-        if self.metric_ is not None:
-            G = G @ np.asarray(self.metric_.components_)  # ∂E/∂x = Aᵀ ∂E/∂z, row form
-        forces = [-g for g in rep.vjp(mols, G)]
+        if not krr.kernel_.differentiable:
+            raise NotDifferentiableError(f"kernel {krr.kernel_.name!r} is not differentiable")
+        Z = metric.transform(rep.transform(mols))
+        # features that cannot depend on positions (padding) need no kernel work, if the metric keeps them apart
+        needed = metric.output_support(rep.feature_support(mols))
+        energies, dE_dz = krr.predict_with_gradient(Z, n_active=needed)  # (n,), (n, n_components)
+        forces = [-g for g in rep.vjp(mols, metric.vjp(dE_dz))]
         return energies, forces
 
     # ------------------------------------------------------------------ persistence

@@ -14,7 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidInputError, NumericalError, ShapeMismatchError
-from .base import MetricLearner, as_float_matrix, as_float_vector, check_positive, embed, gemm
+from ..kernels.blocks import STREAM_BLOCK, embed
+from ..linalg import gemm
+from ._util import as_float_matrix, as_float_vector, check_positive
+from .base_metric import MetricLearner
 
 
 def _softmax_rows(L: np.ndarray, R: np.ndarray) -> np.ndarray:
@@ -38,8 +41,8 @@ def _mlkr(A, X, y, sigma, want_aux=False):
     loss = float(r @ r)
     # W = diag(r) P ∘ (ŷ 1ᵀ − 1 yᵀ), in place, in row chunks (no n×n temporary)
     W = P
-    for a in range(0, W.shape[0], 256):
-        b = min(a + 256, W.shape[0])
+    for a in range(0, W.shape[0], STREAM_BLOCK):
+        b = min(a + STREAM_BLOCK, W.shape[0])
         blk = W[a:b]
         blk *= r[a:b, None]
         blk *= yhat[a:b, None] - y[None, :]
@@ -97,8 +100,9 @@ class MLKR(MetricLearner):
     leave-one-out Nadaraya–Watson loss of the whole training set. Parameters: n_components, init
     ('identity', 'pca', 'random' or an array), sigma (our convention; metric-learn's equals
     sigma = 1/√2), learn_sigma (a gauge direction, as for MLKRR), max_iter, tol, random_state,
-    verbose, callback, validation_data, validation_every (validation: Nadaraya–Watson prediction
-    from all training points). NW is shift-equivariant in y, so there is no centring.
+    verbose, callback, validation_every (with ``fit(..., validation_data=...)``: Nadaraya–Watson
+    prediction from all training points). NW is shift-equivariant in y, so there is no centring.
+    MLKR is the paper's baseline and keeps its Gaussian kernel.
 
     Fitted attributes: components_, sigma_, n_iter_, history_ (as MLKRR), seed_, n_features_in_.
     """
@@ -114,7 +118,6 @@ class MLKR(MetricLearner):
         random_state=None,
         verbose=0,
         callback=None,
-        validation_data=None,
         validation_every=1,
     ):
         self.n_components = n_components
@@ -126,12 +129,11 @@ class MLKR(MetricLearner):
         self.random_state = random_state
         self.verbose = verbose
         self.callback = callback
-        self.validation_data = validation_data
         self.validation_every = validation_every
 
-    def fit(self, X, y):
-        """Learn A from X (n, n_features) and y (n,)."""
-        return self._fit_driver(X, y)
+    def fit(self, X, y, *, validation_data=None):
+        """Learn A from X (n, n_features) and y (n,); validation_data (X_val, y_val) is traced in ``history_``."""
+        return self._fit(X, y, validation_data=validation_data)
 
     def _segment_length(self) -> int:
         return max(int(self.max_iter), 1)

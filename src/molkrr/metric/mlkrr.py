@@ -20,29 +20,18 @@ and never stored. The only n²-sized array is the Cholesky buffer.
 from __future__ import annotations
 
 import mmap
+from typing import Any
 
 import numpy as np
-from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from scipy.linalg import cho_solve
 from scipy.linalg.blas import dtrmm
-from threadpoolctl import threadpool_limits
 
 from ..errors import InvalidInputError, NumericalError, ShapeMismatchError
-from .base import (
-    ROW_BLOCK,
-    MetricLearner,
-    as_float_matrix,
-    as_float_vector,
-    check_int,
-    check_positive,
-    embed,
-    gaussian_full,
-    gaussian_lower,
-    gemm,
-)
-
-#: Above this many α points the Cholesky runs on one BLAS thread (threaded OpenBLAS potrf crashes
-#: for n ≥ 16000 on the 2-core machines, see DESIGN.md).
-CHOLESKY_SINGLE_THREAD_ABOVE = 15000
+from ..kernels import Gaussian, Kernel, StationaryKernel, make_kernel
+from ..kernels.blocks import STREAM_BLOCK, embed, embedded_blocks
+from ..linalg import cholesky_lower_inplace, gemm
+from ._util import as_float_matrix, as_float_vector, check_int, check_positive
+from .base_metric import MetricLearner
 
 
 def _lazy_square(m: int) -> np.ndarray:
@@ -57,22 +46,29 @@ def _lazy_square(m: int) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.float64).reshape(m, m)
 
 
-def _cholesky_upper_inplace(Hbuf: np.ndarray) -> np.ndarray:
-    """Factor H = UᵀU in place. Hbuf is C-ordered with H in its lower triangle; returns U as the
+def _factor_upper(Hbuf: np.ndarray) -> np.ndarray:
+    """Factor H = UᵀU in place (H in the lower triangle of the C-ordered Hbuf); returns U as the
     F-ordered view Hbuf.T (U in its upper triangle, the rest of the buffer is garbage)."""
-    F = Hbuf.T
     try:
-        if F.shape[0] > CHOLESKY_SINGLE_THREAD_ABOVE:
-            with threadpool_limits(limits=1, user_api="blas"):
-                U, _ = cho_factor(F, lower=False, overwrite_a=True, check_finite=False)
-        else:
-            U, _ = cho_factor(F, lower=False, overwrite_a=True, check_finite=False)
-    except LinAlgError as exc:
+        cholesky_lower_inplace(Hbuf)
+    except np.linalg.LinAlgError as exc:
         raise NumericalError(
-            f"the regularised kernel matrix K_αα + λI is not numerically positive definite ({exc}); "
-            "increase lam"
+            f"the regularised kernel matrix K_αα + λI is not numerically positive definite ({exc}); increase lam"
         ) from exc
-    return U
+    return Hbuf.T
+
+
+def metric_kernel(kernel: "str | Kernel") -> StationaryKernel:
+    """The kernel of a metric-learning objective: a stationary kernel (its σ is the learner's, not the object's)."""
+    k = make_kernel(kernel)
+    if not isinstance(k, StationaryKernel):
+        raise InvalidInputError(
+            f"metric learning needs a kernel of ‖A(a − b)‖² with a gradient (gaussian, matern32, matern52, "
+            f"or any StationaryKernel); {k.name!r} is not one"
+            + (" (the Laplacian's gradient in A jumps wherever a component of A(a − b) changes sign)"
+               if k.name == "laplacian" else "")
+        )
+    return k
 
 
 def _mlkrr(A, Xa, ya, XA, yA, sigma, lam, want_aux=False):
@@ -88,9 +84,9 @@ def _mlkrr(A, Xa, ya, XA, yA, sigma, lam, want_aux=False):
 
     # H = K_αα + λI in the lower triangle of a lazily backed C buffer, factored in place
     Hbuf = _lazy_square(m)
-    gaussian_lower(La, Ra, Hbuf)
+    embedded_blocks(La, Ra, Hbuf, lower=True)
     Hbuf.flat[:: m + 1] = 1.0 + lam  # K_aa = exp(0) exactly
-    U = _cholesky_upper_inplace(Hbuf)
+    U = _factor_upper(Hbuf)
     del Hbuf
     alpha = cho_solve((U, False), ya, check_finite=False)
 
@@ -101,7 +97,7 @@ def _mlkrr(A, Xa, ya, XA, yA, sigma, lam, want_aux=False):
     V = np.empty((m, c + 1))
     np.multiply(Za, alpha[:, None], out=V[:, :c])
     V[:, c] = alpha
-    B = min(ROW_BLOCK, nA)
+    B = min(STREAM_BLOCK, nA)
     q_work = np.empty(B * m)
     p_work = np.empty(B * (c + 1))
     Wb = np.empty((B, c + 1))
@@ -163,6 +159,112 @@ def _mlkrr(A, Xa, ya, XA, yA, sigma, lam, want_aux=False):
     return loss, M, {"alpha": alpha, "train_mae": float(np.mean(np.abs(r)))}
 
 
+
+def _profile_value(kernel: StationaryKernel):
+    """T = −u/2 block ↦ kernel values g(u), in place where the profile allows."""
+
+    def value(T: np.ndarray) -> np.ndarray:
+        np.multiply(T, -2.0, out=T)
+        np.maximum(T, 0.0, out=T)
+        return kernel.profile(T)[0]
+
+    return value
+
+
+def _mlkrr_stationary(kernel, A, Xa, ya, XA, yA, sigma, lam, want_aux=False):
+    """Loss, ∂L/∂A and aux for any stationary kernel k = g(u), u = ‖A(a − b)‖²/σ² (the Gaussian has
+    its own faster path, :func:`_mlkrr`, which uses g′ = −g/2 to reuse the factor of H for K V).
+
+    With P = W ∘ g′(U) for the weights W of dL = Σ W_ij dk_ij (W_Q = 2 r αᵀ, W_K = −2 β αᵀ) and
+    du_ij = (2/σ)(z_i − z_j)ᵀ dA (x_i − x_j) (z = A x/σ):
+
+        ∂L/∂A = (2/σ) (G_Aᵀ X_A + G_αᵀ X_α),
+        G_A = (P_Q 1)∘Z_A − P_Q Z_α,
+        G_α = (P_Qᵀ1)∘Z_α − P_Qᵀ Z_A + (P_K 1 + P_Kᵀ1)∘Z_α − (P_K + P_Kᵀ) Z_α,
+
+    where P_K Z_α = −2 β∘K′(α∘Z_α) and P_Kᵀ Z_α = −2 α∘K′(β∘Z_α) (K′ = g′(U_αα) symmetric): K′ is
+    streamed in row blocks once more after the factorisation, Q and Q′ once.
+    """
+    c = A.shape[0]
+    m = Xa.shape[0]
+    nA = XA.shape[0]
+    As = A / sigma
+    La, Ra = embed(Xa, As)
+    LA, _ = embed(XA, As, right=False)
+    Za = La[:, :c]
+    ZA = LA[:, :c]
+    g0 = float(kernel.profile(np.zeros(1))[0][0])
+
+    Hbuf = _lazy_square(m)
+    embedded_blocks(La, Ra, Hbuf, lower=True, value=_profile_value(kernel))
+    Hbuf.flat[:: m + 1] = g0 + lam
+    U = _factor_upper(Hbuf)
+    del Hbuf
+    alpha = cho_solve((U, False), ya, check_finite=False)
+
+    # stream Q = g(U_Aα) and Q′ = g′(U_Aα): ŷ, r, G_A, R = [P_Qᵀ Z_A, P_Qᵀ 1] and u = Qᵀ r
+    B = min(STREAM_BLOCK, nA)
+    R = np.zeros((m, c + 1))
+    u = np.zeros(m)
+    GA = np.empty((nA, c))
+    yhat = np.empty(nA)
+    Wb = np.empty((B, c + 1))
+    for i0 in range(0, nA, B):
+        i1 = min(i0 + B, nA)
+        b = i1 - i0
+        T = gemm(LA[i0:i1], Ra, trans_b=True)
+        np.multiply(T, -2.0, out=T)
+        np.maximum(T, 0.0, out=T)
+        Qb, Q1b = kernel.profile(T, 1)
+        yh = Qb @ alpha
+        rb = yh - yA[i0:i1]
+        yhat[i0:i1] = yh
+        Pb = Q1b
+        Pb *= alpha[None, :]
+        Pb *= 2.0 * rb[:, None]  # P_Q block = 2 r αᵀ ∘ Q′
+        GA[i0:i1] = Pb.sum(axis=1)[:, None] * ZA[i0:i1] - gemm(Pb, Za)
+        np.copyto(Wb[:b, :c], ZA[i0:i1])
+        Wb[:b, c] = 1.0
+        gemm(Pb, Wb[:b], trans_a=True, out=R, beta=1.0)
+        u += gemm(Qb, rb[:, None], trans_a=True)[:, 0]
+    r = yhat - yA
+    loss = float(np.einsum("i,i->", r, r))
+    beta = cho_solve((U, False), u, check_finite=False)
+    M = gemm(GA, XA, trans_a=True)
+    del GA, U
+
+    # K′ V with V = [α∘Z_α, β∘Z_α, α, β], K′ = g′(U_αα) streamed in row blocks
+    V = np.empty((m, 2 * c + 2))
+    np.multiply(Za, alpha[:, None], out=V[:, :c])
+    np.multiply(Za, beta[:, None], out=V[:, c : 2 * c])
+    V[:, 2 * c] = alpha
+    V[:, 2 * c + 1] = beta
+    KV = np.empty_like(V)
+    for i0 in range(0, m, STREAM_BLOCK):
+        i1 = min(i0 + STREAM_BLOCK, m)
+        T = gemm(La[i0:i1], Ra, trans_b=True)
+        np.multiply(T, -2.0, out=T)
+        np.maximum(T, 0.0, out=T)
+        K1 = kernel.profile(T, 1)[1]
+        gemm(K1, V, out=KV[i0:i1])
+    PK_Z = -2.0 * (beta[:, None] * KV[:, :c])          # P_K Z_α
+    PKt_Z = -2.0 * (alpha[:, None] * KV[:, c : 2 * c])  # P_Kᵀ Z_α
+    PK_1 = -2.0 * beta * KV[:, 2 * c]                   # P_K 1
+    PKt_1 = -2.0 * alpha * KV[:, 2 * c + 1]             # P_Kᵀ 1
+    Ga = (R[:, c] + PK_1 + PKt_1)[:, None] * Za - R[:, :c] - PK_Z - PKt_Z
+    M += gemm(Ga, Xa, trans_a=True)
+    M *= 2.0 / sigma
+    if not want_aux:
+        return loss, M, {}
+    return loss, M, {"alpha": alpha, "train_mae": float(np.mean(np.abs(r)))}
+
+
+def _objective(kernel: StationaryKernel):
+    """The MLKRR objective for ``kernel``: the Gaussian's specialised one, or the stationary one."""
+    if type(kernel) is Gaussian:
+        return _mlkrr
+    return lambda *args, **kw: _mlkrr_stationary(kernel, *args, **kw)
+
 def mlkrr_loss_and_grad(
     A: np.ndarray,
     X_alpha: np.ndarray,
@@ -171,10 +273,14 @@ def mlkrr_loss_and_grad(
     y_A: np.ndarray,
     sigma: float,
     lam: float,
+    kernel: "str | Kernel" = "gaussian",
     *,
     return_sigma_grad: bool = False,
 ) -> tuple[float, np.ndarray] | tuple[float, np.ndarray, float]:
     """MLKRR loss L = Σ_A (ŷ − y)² and its gradient ∂L/∂A (same shape as A).
+
+    kernel : a name or a stationary kernel object (Gaussian by default; Matérn 3/2 and 5/2 work
+        too); its own σ is ignored: the kernel is k = g(‖A(a − b)‖²/σ²) with this ``sigma``.
 
     A (n_components, n_features); X_alpha (n_α, n_features), y_alpha (n_α,): the points that
     define the KRR coefficients α = (K_αα + λI)⁻¹ y_α; X_A (n_A, n_features), y_A (n_A,): the
@@ -195,7 +301,7 @@ def mlkrr_loss_and_grad(
     yA = as_float_vector(y_A, "y_A", XA.shape[0])
     sigma = check_positive(sigma, "sigma")
     lam = check_positive(lam, "lam", allow_zero=True)
-    loss, grad, _ = _mlkrr(A, Xa, ya, XA, yA, sigma, lam)
+    loss, grad, _ = _objective(metric_kernel(kernel))(A, Xa, ya, XA, yA, sigma, lam)
     if not np.isfinite(loss) or not np.isfinite(grad).all():
         raise NumericalError("MLKRR loss or gradient is not finite; increase lam")
     if return_sigma_grad:
@@ -204,23 +310,27 @@ def mlkrr_loss_and_grad(
 
 
 def krr_predict_transformed(X_new: np.ndarray, X_alpha: np.ndarray, alpha: np.ndarray, A: np.ndarray,
-                            sigma: float) -> np.ndarray:
+                            sigma: float, kernel: "str | Kernel" = "gaussian") -> np.ndarray:
     """Σ_j α_j k(x, x_j) for the rows x of X_new (kernel on A x with width σ)."""
+    k = metric_kernel(kernel)
     As = A / sigma
     Ln, _ = embed(X_new, As, right=False)
     _, Ra = embed(X_alpha, As)
-    return gaussian_full(Ln, Ra) @ alpha
+    out = np.empty((Ln.shape[0], Ra.shape[0]))
+    return embedded_blocks(Ln, Ra, out, lower=False, value=None if type(k) is Gaussian else _profile_value(k)) @ alpha
 
 
 class MLKRR(MetricLearner):
     """Metric learning for kernel ridge regression (Fabregat et al. 2022), a scikit-learn transformer.
 
-    Learns A (n_components, n_features) so that KRR with the Gaussian kernel exp(−‖A(a−b)‖²/(2σ²))
-    trained on a random α part of the training set predicts the other (A) part well. The split is
+    Learns A (n_components, n_features) so that KRR with the kernel k = g(‖A(a−b)‖²/σ²) (Gaussian:
+    exp(−‖A(a−b)‖²/(2σ²))) trained on a random α part of the training set predicts the other (A) part well. The split is
     redrawn every ``shuffle_every`` L-BFGS-B iterations (a *segment*; L-BFGS-B restarts there).
 
     Parameters
     ----------
+    kernel : str or Kernel — 'gaussian' (default), 'matern32', 'matern52' or a stationary kernel
+        object; the object's own σ is ignored (``sigma`` below is the width). The Laplacian is refused.
     n_components : int or None — rows of A (None: n_features). Fewer rows reduce the dimension.
     init : 'identity' (default, the paper's choice; truncated if n_components < n_features),
         'pca', 'random' (N(0, 1/n_features) entries) or an array (n_components, n_features).
@@ -241,9 +351,10 @@ class MLKRR(MetricLearner):
     verbose : 0 silent, 1 tqdm progress bar.
     callback : callable(info: dict) -> bool or None, called after every iteration with keys
         iteration, segment, loss, train_mae, val_mae, sigma, components; return True to stop.
-    validation_data : (X_val, y_val) or None; validation_every : int — every that many iterations
-        record the MAE on X_val of the KRR model of the current objective (trained on the current
-        α part with the current A, σ, λ). Computed in the iteration callback, never in the objective.
+    validation_every : int — with ``fit(..., validation_data=(X_val, y_val))``, every that many
+        iterations record the MAE on X_val of the KRR model of the current objective (trained on the
+        current α part with the current A, σ, λ). Computed in the iteration callback, never in the
+        objective; validation data is a fit argument, so it is never saved in a model file.
 
     Fitted attributes: components_, sigma_, n_iter_, n_segments_, seed_, y_offset_, history_ (dict of
     lists: iteration, segment, loss (on the current split), train_mae (MAE on the A part), sigma,
@@ -265,8 +376,8 @@ class MLKRR(MetricLearner):
         random_state=None,
         verbose=0,
         callback=None,
-        validation_data=None,
         validation_every=1,
+        kernel="gaussian",
     ):
         self.n_components = n_components
         self.init = init
@@ -281,12 +392,17 @@ class MLKRR(MetricLearner):
         self.random_state = random_state
         self.verbose = verbose
         self.callback = callback
-        self.validation_data = validation_data
         self.validation_every = validation_every
+        self.kernel = kernel
 
-    def fit(self, X, y, checkpoint=None, checkpoint_every=None):
+    _checkpoint_keys = ("n_components", "sigma", "learn_sigma", "lam", "alpha_fraction", "shuffle_every", "tol",
+                        "center_y")
+
+    def fit(self, X, y, checkpoint=None, checkpoint_every=None, *, validation_data=None):
         """Learn A from X (n, n_features) and y (n,).
 
+        validation_data : (X_val, y_val) or None — recorded in ``history_`` every ``validation_every``
+            iterations (the MAE of the current objective's KRR model).
         checkpoint : path or None — if given, the state (A, σ, iteration, segment, seed, history) is
             written there atomically at segment boundaries; if the file exists, fitting resumes from
             it (same data and parameters required) and ends exactly where an uninterrupted run ends.
@@ -297,7 +413,8 @@ class MLKRR(MetricLearner):
         if not (0.0 < check_positive(self.alpha_fraction, "alpha_fraction") < 1.0):
             raise InvalidInputError(f"alpha_fraction must be in (0, 1), got {self.alpha_fraction!r}")
         check_int(self.shuffle_every, "shuffle_every", 1)
-        return self._fit_driver(X, y, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        metric_kernel(self.kernel)
+        return self._fit(X, y, validation_data=validation_data, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
     def _segment_length(self) -> int:
         return int(self.shuffle_every)
@@ -314,13 +431,16 @@ class MLKRR(MetricLearner):
         Xa, ya, XA, yA = X[ia], y[ia], X[iA], y[iA]
         lam = float(self.lam)
 
+        kernel = metric_kernel(self.kernel)
+        objective = _objective(kernel)
+
         def fn(A, sigma):
-            return _mlkrr(A, Xa, ya, XA, yA, sigma, lam, want_aux=True)
+            return objective(A, Xa, ya, XA, yA, sigma, lam, want_aux=True)
 
         def predictor(Xv, A, sigma, aux):
             alpha = aux.get("alpha")
             if alpha is None:
                 alpha = fn(A, sigma)[2]["alpha"]
-            return krr_predict_transformed(Xv, Xa, alpha, A, sigma)
+            return krr_predict_transformed(Xv, Xa, alpha, A, sigma, kernel)
 
         return fn, predictor
