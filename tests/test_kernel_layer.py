@@ -146,3 +146,35 @@ def test_molecular_krr_with_a_kernel_object_forces(tmp_path):
     assert selected.sigma_ is not None and selected.sigma_ > 0
     model.save(tmp_path / "m.npz")
     np.testing.assert_array_equal(molkrr.load_model(tmp_path / "m.npz").predict(mols), model.predict(mols))
+
+
+class RationalQuadratic(StationaryKernel):
+    """A kernel defined only here: k = (1 + u/2)^-1 (rational quadratic with α = 1)."""
+
+    name = "rq-test"
+
+    def __init__(self, sigma=None):
+        self.sigma = sigma
+
+    def profile(self, u, order=0, xp=np):
+        t = 1.0 / (1.0 + 0.5 * u)
+        return (t, -0.5 * t * t, 0.5 * t**3)[: order + 1]
+
+
+def test_a_new_kernel_is_one_class_and_a_registration(wavy, tmp_path, monkeypatch):
+    """Everything (KRR, selection, forces' gradient, metric learning, model files) follows from the profile."""
+    from molkrr.kernels import KERNELS
+    from molkrr.metric import mlkrr_loss_and_grad
+
+    monkeypatch.setitem(KERNELS, "rq-test", RationalQuadratic)
+    X, y = wavy
+    model = molkrr.KernelRidge("rq-test", sigma=1.0, lam=1e-6).fit(X, y)
+    assert molkrr.select_hyperparameters(X, y, kernel="rq-test", lams=[1e-6]).sigma > 0
+    v, g = model.predict_with_gradient(X[:2])
+    h = 1e-6
+    fd = np.array([(model.predict(X[:1] + h * e) - model.predict(X[:1] - h * e))[0] / (2 * h) for e in np.eye(3)])
+    np.testing.assert_allclose(g[0], fd, rtol=1e-6)
+    loss, grad = mlkrr_loss_and_grad(np.eye(3), X[:40], y[:40], X[40:70], y[40:70], 1.0, 1e-3, kernel="rq-test")
+    assert np.isfinite(loss) and grad.shape == (3, 3)
+    molkrr.save_model(model, tmp_path / "rq.npz")
+    np.testing.assert_array_equal(molkrr.load_model(tmp_path / "rq.npz").predict(X[:5]), model.predict(X[:5]))

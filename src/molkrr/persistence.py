@@ -38,9 +38,9 @@ def allowed_classes() -> dict[str, type]:
         "KernelRidge": krr.KernelRidge,
         "CoulombMatrix": coulomb.CoulombMatrix,
     }
-    from .kernels import Gaussian, Laplacian, Linear, Matern
+    from .kernels import kernel_classes
 
-    classes.update({k.__name__: k for k in (Gaussian, Laplacian, Linear, Matern)})
+    classes.update({k.__name__: k for k in kernel_classes()})
     optional = {
         "BagOfBonds": ("molkrr.representations.bob", "BagOfBonds"),
         "FCHL19": ("molkrr.representations.fchl19", "FCHL19"),

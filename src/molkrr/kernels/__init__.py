@@ -67,6 +67,16 @@ def make_kernel(kernel: "str | Kernel", sigma: float | None = None) -> Kernel:
     raise InvalidInputError(f"kernel must be a name ({sorted(KERNELS)}) or a molkrr kernel object, got {kernel!r}")
 
 
+def kernel_classes() -> list[type]:
+    """The classes of every registered kernel (what model files may name)."""
+    classes: list[type] = []
+    for factory in KERNELS.values():
+        cls = factory if isinstance(factory, type) else type(factory())
+        if cls not in classes:
+            classes.append(cls)
+    return classes
+
+
 def kernel_name(kernel: "str | Kernel") -> str:
     """The registry name of a kernel given by name or object."""
     return kernel if isinstance(kernel, str) else kernel.name
@@ -88,6 +98,7 @@ __all__ = [
     "Matern32Kernel",
     "Matern52Kernel",
     "StationaryKernel",
+    "kernel_classes",
     "kernel_name",
     "make_kernel",
     "register",
