@@ -1,11 +1,11 @@
 """The BLAS/LAPACK policy of molkrr: one matrix product, one Cholesky, dense SPD solves that survive
-paper-scale n on two cores.
+paper-scale n with threaded OpenBLAS.
 
 BLAS policy
 -----------
 * Heavy products of the streamed objectives go through :func:`gemm`, i.e. scipy's BLAS. numpy and
   scipy wheels each bundle their own OpenBLAS; alternating between the two makes the idle pool's
-  threads busy-wait against the working pool's threads (measured up to 1.8× slower on 2 cores), so
+  threads busy-wait against the working pool's threads (measured up to 1.8× slower with 2 threads), so
   a hot loop sticks to one library.
 * Kernel matrices are built in row blocks (:mod:`molkrr.kernels.blocks`): never one threaded syrk
   on a huge matrix.
@@ -14,7 +14,7 @@ BLAS policy
 ``spd_factor`` factorises K + λI in place (Cholesky, lower triangle). Above
 :data:`BLOCKED_CHOLESKY_MIN_N` it uses a right-looking blocked algorithm whose LAPACK calls never see
 a matrix larger than :data:`CHOLESKY_BLOCK`: OpenBLAS's threaded dsyrk/dpotrf have been seen to
-segfault for n ≥ 16000 on these machines (numpy issue 19685), and the blocked form costs the same
+segfault for n ≥ 16000 with 2 threads (numpy issue 19685), and the blocked form costs the same
 n³/3 flops as GEMMs. If the matrix is numerically not positive definite (duplicate molecules, λ → 0)
 a growing jitter is added to the diagonal with a :class:`JitterWarning` stating the amount, and a
 :class:`~molkrr.errors.NumericalError` is raised if even a large jitter fails.

@@ -90,8 +90,8 @@ def squared_distances(
 def symmetrize_lower(M: np.ndarray) -> np.ndarray:
     """Copy the lower triangle of the square M onto its upper triangle, in row blocks (no n×n temporary)."""
     n = M.shape[0]
-    for start in range(0, n, ROW_BLOCK):
-        stop = min(start + ROW_BLOCK, n)
+    for start in range(0, n, STREAM_BLOCK):  # small blocks: numpy copies each transposed source block once
+        stop = min(start + STREAM_BLOCK, n)
         M[start:stop, stop:] = M[stop:, start:stop].T
         blk = M[start:stop, start:stop]
         iu = np.triu_indices(stop - start, 1)
