@@ -16,6 +16,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from ._validation import check_targets
+from .applicability import check_elements, training_elements
 from .errors import NotDifferentiableError, ShapeMismatchError
 from .krr import DEFAULT_LAMS, KernelRidge, select_hyperparameters
 from .molecules import Molecules, as_molecules
@@ -44,7 +46,9 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         Unit of the energies (e.g. 'eV', 'kcal/mol', 'Ha'); recorded with the model and used by the
         ASE calculator. Forces are in energy_unit / Å.
 
-    Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_``, ``sigma_``, ``lam_``.
+    Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_``, ``sigma_``, ``lam_``,
+    ``elements_`` (atomic numbers of the training set: prediction refuses others, see
+    :mod:`molkrr.applicability`).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         """Fit on molecules (Molecules or ase.Atoms list) and energies y (default: the molecules' energies)."""
         mols = as_molecules(molecules)
         y = _energies(mols, y)
+        self.elements_ = training_elements(mols)  # molkrr.applicability: the elements predict accepts
         if self.representation is None:
             from .representations.coulomb import CoulombMatrix
 
@@ -116,7 +121,9 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     def features(self, molecules: Any) -> np.ndarray:
         """The features the KRR sees, z = A x(R): shape (n_molecules, n_components)."""
         check_is_fitted(self)
-        X = self.representation_.transform(as_molecules(molecules))
+        mols = as_molecules(molecules)
+        check_elements(self, mols)  # molkrr.applicability: refuse elements not seen in training
+        X = self.representation_.transform(mols)
         return X if self.metric_ is None else self.metric_.transform(X)
 
     def predict(self, molecules: Any) -> np.ndarray:
@@ -132,6 +139,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         """(energies (n_molecules,), forces: list of (n_atoms_i, 3)) sharing one feature evaluation."""
         check_is_fitted(self)
         mols = as_molecules(molecules)
+        check_elements(self, mols)  # molkrr.applicability: refuse elements not seen in training
         rep = self.representation_
         if not getattr(rep, "differentiable", False):
             raise NotDifferentiableError(f"{type(rep).__name__} has no derivative with respect to positions")
@@ -197,10 +205,8 @@ def _energies(mols: Molecules, y: Any) -> np.ndarray:
     if y is None:
         if mols.energies is None:
             raise ShapeMismatchError("no energies given: pass y or molecules that carry energies")
-        return mols.energies
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
+        return check_targets(mols.energies)
+    y = check_targets(y).reshape(-1)
     if y.shape[0] != len(mols):
         raise ShapeMismatchError(f"{y.shape[0]} energies for {len(mols)} molecules")
-    if not np.isfinite(y).all():
-        raise ShapeMismatchError("energies contain NaN or infinity")
     return y

@@ -28,6 +28,7 @@ from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from .._validation import as_float_matrix, as_float_vector, check_int, check_positive  # noqa: F401 (re-exported)
 from ..errors import InvalidInputError, ModelFileError, MolkrrError, NumericalError, ShapeMismatchError
 
 #: Rows per GEMM block when building kernel matrices: never the threaded syrk path (see DESIGN.md),
@@ -161,52 +162,6 @@ def gaussian_lower(L: np.ndarray, R: np.ndarray, out: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # validation helpers
 # --------------------------------------------------------------------------------------------
-
-
-def as_float_matrix(a: Any, name: str) -> np.ndarray:
-    """``a`` as a finite float64 2-D array, or a typed error."""
-    try:
-        arr = np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{name} must be a numeric array: {exc}") from exc
-    if arr.ndim != 2:
-        raise ShapeMismatchError(f"{name} must be 2-D, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise InvalidInputError(f"{name} contains NaN or infinity")
-    return arr
-
-
-def as_float_vector(a: Any, name: str, n: int) -> np.ndarray:
-    """``a`` as a finite float64 vector of length n, or a typed error."""
-    try:
-        arr = np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{name} must be a numeric array: {exc}") from exc
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ShapeMismatchError(f"{name} must have shape ({n},), got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise InvalidInputError(f"{name} contains NaN or infinity")
-    return arr
-
-
-def check_positive(value: Any, name: str, allow_zero: bool = False) -> float:
-    """A finite float > 0 (or ≥ 0), else :class:`InvalidInputError`."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{name} must be a number, got {value!r}") from exc
-    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise InvalidInputError(f"{name} must be {'≥' if allow_zero else '>'} 0 and finite, got {value!r}")
-    return v
-
-
-def check_int(value: Any, name: str, minimum: int) -> int:
-    """An integer ≥ minimum (bools rejected), else :class:`InvalidInputError`."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidInputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
 
 
 def _typed(exc: ValueError) -> MolkrrError:
