@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .errors import InvalidInputError, MoleculeError, NotDifferentiableError
+from .errors import InputTypeError, InvalidInputError, MoleculeError, NotDifferentiableError
 from .molecules import Molecules
 
 __all__ = ["MolkrrCalculator", "ENERGY_UNITS", "ev_per_unit"]
@@ -119,7 +119,7 @@ class MolkrrCalculator(Calculator):
         from .model import MolecularKRR
 
         if not isinstance(model, MolecularKRR):
-            raise TypeError(f"model must be a fitted molkrr.MolecularKRR or a model file path, got {type(model).__name__}")
+            raise InputTypeError(f"model must be a fitted molkrr.MolecularKRR or a model file path, got {type(model).__name__}")
         check_is_fitted(model)
         unit = energy_unit if energy_unit is not None else getattr(model, "energy_unit", None)
         if unit is None:

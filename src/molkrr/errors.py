@@ -36,6 +36,10 @@ class EmptyMoleculeError(MoleculeError):
     """A molecule has no atoms."""
 
 
+class IndexOutOfRangeError(MolkrrError, IndexError):
+    """An index into a batch of molecules is out of range or of the wrong kind."""
+
+
 class ShapeMismatchError(MolkrrError, ValueError):
     """Arrays that must agree in shape or count do not."""
 

@@ -198,7 +198,7 @@ def select_hyperparameters(
         folds = [perm[:n_val]]
     else:
         if cv < 2 or cv > n:
-            raise ValueError(f"cv must be between 2 and n={n}, got {cv}")
+            raise InvalidInputError(f"cv must be between 2 and n={n}, got {cv}")
         folds = np.array_split(perm, cv)
     sigmas = default_sigmas(X, kernel) if sigmas is None else np.asarray(sigmas, dtype=np.float64).reshape(-1)
     lams = np.asarray(lams, dtype=np.float64).reshape(-1)

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import check_targets
 from .applicability import check_elements, training_elements
-from .errors import NotDifferentiableError, ShapeMismatchError
+from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
 from .krr import DEFAULT_LAMS, KernelRidge, select_hyperparameters
 from .molecules import Molecules, as_molecules
 
@@ -176,7 +176,7 @@ def finite_difference_forces(model: Any, molecule: Any, h: float = 1e-4, *, poin
         raise ShapeMismatchError(f"finite_difference_forces takes one molecule, got {len(mol)}")
     stencils = {2: ((1.0, 0.5), (-1.0, -0.5)), 4: ((2.0, -1 / 12), (1.0, 8 / 12), (-1.0, -8 / 12), (-2.0, 1 / 12))}
     if points not in stencils:
-        raise ValueError(f"points must be 2 or 4, got {points}")
+        raise InvalidInputError(f"points must be 2 or 4, got {points}")
     R = mol.positions
     displaced = []
     for step, _ in stencils[points]:

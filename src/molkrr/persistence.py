@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelFileError
+from .errors import InputTypeError, ModelFileError
 
 FORMAT = "molkrr-model"
 #: 2: MolecularKRR records the elements it was trained on (``elements_``). Files of version 1 have no
@@ -82,7 +82,7 @@ def save_model(estimator: Any, path: str | os.PathLike) -> None:
     try:
         check_is_fitted(estimator)  # TypeError itself for objects that are not estimators
     except NotFittedError:
-        raise TypeError(f"cannot save an unfitted {type(estimator).__name__}: call fit first") from None
+        raise InputTypeError(f"cannot save an unfitted {type(estimator).__name__}: call fit first") from None
 
     arrays: dict[str, np.ndarray] = {}
     header = {
@@ -108,7 +108,7 @@ def save_model(estimator: Any, path: str | os.PathLike) -> None:
 def _encode_estimator(est: Any, arrays: dict[str, np.ndarray]) -> dict:
     cls = type(est).__name__
     if allowed_classes().get(cls) is not type(est):
-        raise TypeError(f"cannot save a {type(est).__module__}.{cls}: only molkrr estimators are saved")
+        raise InputTypeError(f"cannot save a {type(est).__module__}.{cls}: only molkrr estimators are saved")
     params = {k: _encode_value(v, arrays, f"{cls}.{k}") for k, v in est.get_params(deep=False).items()}
     fitted = {
         k: _encode_value(v, arrays, f"{cls}.{k}")
@@ -130,7 +130,7 @@ def _encode_value(v: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
     if isinstance(v, np.ndarray):
         if v.dtype == object:
             if not all(isinstance(x, str) for x in v.flat):
-                raise TypeError(f"{where}: object arrays cannot be saved safely")
+                raise InputTypeError(f"{where}: object arrays cannot be saved safely")
             v = v.astype(str)  # e.g. feature_names_in_: a unicode array needs no pickle
         key = f"a{len(arrays)}"
         arrays[key] = v
@@ -143,11 +143,11 @@ def _encode_value(v: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
         ]
     if isinstance(v, dict):
         if not all(isinstance(k, str) for k in v):
-            raise TypeError(f"{where}: dict keys must be strings to be saved")
+            raise InputTypeError(f"{where}: dict keys must be strings to be saved")
         return {"__dict__": {k: _encode_value(x, arrays, where) for k, x in v.items()}}
     if callable(v):
         return None  # callbacks are behaviour, not data: they are not saved
-    raise TypeError(f"{where}: cannot save a value of type {type(v).__name__}")
+    raise InputTypeError(f"{where}: cannot save a value of type {type(v).__name__}")
 
 
 # ----------------------------------------------------------------------------- load
