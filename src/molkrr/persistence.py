@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputTypeError, ModelFileError
+from .errors import InputTypeError, InvalidInputError, ModelFileError
 
 FORMAT = "molkrr-model"
 #: 2: MolecularKRR records the elements it was trained on (``elements_``). Files of version 1 have no
@@ -72,7 +72,9 @@ _READ_CHUNK = 16 << 20
 def save_model(estimator: Any, path: str | os.PathLike) -> None:
     """Write a fitted molkrr estimator to ``path`` atomically (temporary file, then rename).
 
-    Raises TypeError for an unfitted estimator or an object that is not a molkrr estimator.
+    Raises InputTypeError (a TypeError) for an unfitted estimator or an object that is not a molkrr
+    estimator, and InvalidInputError for a model that :func:`load_model` would refuse (e.g. NaN
+    coefficients): what is written always loads.
     """
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
@@ -91,7 +93,12 @@ def save_model(estimator: Any, path: str | os.PathLike) -> None:
         "molkrr_version": __version__,
         "model": _encode_estimator(estimator, arrays),
     }
-    arrays[HEADER_KEY] = np.frombuffer(json.dumps(header, indent=1).encode("utf-8"), dtype=np.uint8)
+    text = json.dumps(header, indent=1)
+    try:  # never write a file that load_model would refuse (NaN coefficients, inconsistent sizes, ...)
+        _Decoder(arrays).estimator(json.loads(text)["model"], "model", depth=0)
+    except ModelFileError as exc:
+        raise InvalidInputError(f"cannot save this {type(estimator).__name__}: {exc}") from None
+    arrays[HEADER_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".molkrr-", suffix=".npz.tmp", dir=directory)
@@ -680,7 +687,7 @@ def _check_molecular_krr(f: _Fields) -> None:
     _boolean(*f.p("prefit_metric"))
     _boolean(*f.p("center"))
     unit, where = f.p("energy_unit")
-    _text(unit, where, none=True, max_len=64)
+    _text(unit, where, none=True, max_len=256)
     if not f.is_fitted:
         return
     rep, rep_where = f.f("representation_")
