@@ -100,7 +100,7 @@ class Molecules:
             raise EmptyMoleculeError("no molecules given")
         counts = []
         for i, (z, r) in enumerate(zip(numbers, positions)):
-            z = np.atleast_1d(np.asarray(z))
+            z = np.atleast_1d(_as_int_array(z, f"molecule {i}: numbers"))
             r = _as_float(r, f"molecule {i}: positions")
             if r.ndim != 2 or r.shape[1] != 3 or r.shape[0] != z.shape[0]:
                 raise ShapeMismatchError(
@@ -120,7 +120,7 @@ class Molecules:
                 flat_forces.append(f)
             flat_forces = np.concatenate(flat_forces)
         return cls(
-            np.concatenate([np.atleast_1d(np.asarray(z)) for z in numbers]),
+            np.concatenate([np.atleast_1d(_as_int_array(z, "numbers")) for z in numbers]),
             np.concatenate([_as_float(r, "positions") for r in positions]),
             offsets,
             energies,

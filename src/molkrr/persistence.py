@@ -66,6 +66,13 @@ _DEFLATE_MAX_RATIO = 1100
 #: Largest number of atoms (size of a padded representation, a bag) a model may declare.
 MAX_MODEL_ATOMS = 100_000
 _READ_CHUNK = 16 << 20
+#: Largest |value| accepted in a feature matrix (``X_fit_``, ``components_``): squared distances of
+#: such rows stay finite, so predictions cannot turn into inf − inf = NaN.
+MAX_ABS_FEATURE = 1e100
+#: Largest |α| accepted (α ≈ y/λ: targets up to 1e100 with λ down to 1e-50), and |ȳ|.
+MAX_ABS_COEFFICIENT = 1e150
+#: Kernel widths σ outside this range make σ² under- or overflow.
+SIGMA_RANGE = (1e-50, 1e50)
 
 
 # ----------------------------------------------------------------------------- save
@@ -442,7 +449,8 @@ def _fail(where: str, what: str) -> ModelFileError:
     return ModelFileError(f"{where}: {what}")
 
 
-def _number(v: Any, where: str, *, lo: float | None = None, lo_open: bool = False, none: bool = False) -> float | None:
+def _number(v: Any, where: str, *, lo: float | None = None, lo_open: bool = False, none: bool = False,
+            max_abs: float | None = None) -> float | None:
     if v is None and none:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
@@ -455,6 +463,15 @@ def _number(v: Any, where: str, *, lo: float | None = None, lo_open: bool = Fals
         raise _fail(where, f"must be finite, got {v!r}")
     if lo is not None and (x < lo or (lo_open and x == lo)):
         raise _fail(where, f"must be {'>' if lo_open else '≥'} {lo:g}, got {v!r}")
+    if max_abs is not None and abs(x) > max_abs:
+        raise _fail(where, f"must be at most {max_abs:g} in magnitude, got {v!r}")
+    return x
+
+
+def _sigma(v: Any, where: str, *, none: bool = False) -> float | None:
+    x = _number(v, where, lo=0.0, lo_open=True, none=none)
+    if x is not None and not SIGMA_RANGE[0] <= x <= SIGMA_RANGE[1]:
+        raise _fail(where, f"must lie in [{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}], got {v!r}")
     return x
 
 
@@ -489,7 +506,8 @@ def _text(v: Any, where: str, *, none: bool = False, max_len: int = 256) -> str 
     return v
 
 
-def _float_array(v: Any, where: str, ndim: int | tuple[int, ...], shape: tuple | None = None) -> np.ndarray:
+def _float_array(v: Any, where: str, ndim: int | tuple[int, ...], shape: tuple | None = None,
+                 max_abs: float | None = None) -> np.ndarray:
     ndims = (ndim,) if isinstance(ndim, int) else ndim
     if not isinstance(v, np.ndarray):
         raise _fail(where, f"must be an array, got {type(v).__name__}")
@@ -502,6 +520,8 @@ def _float_array(v: Any, where: str, ndim: int | tuple[int, ...], shape: tuple |
         raise _fail(where, f"has shape {v.shape}, expected {want}")
     if not np.isfinite(v).all():  # also checked on decoding; kept here for arrays built elsewhere
         raise _fail(where, "contains NaN or infinity")
+    if max_abs is not None and v.size and np.abs(v).max() > max_abs:
+        raise _fail(where, f"holds values up to {np.abs(v).max():.3g}; at most {max_abs:g} is accepted")
     return v
 
 
@@ -559,24 +579,24 @@ def _check_kernel_ridge(f: _Fields) -> None:
     from .kernels import KERNELS
 
     _choice(*f.p("kernel"), KERNELS)
-    _number(*f.p("sigma"), lo=0.0, lo_open=True)
+    _sigma(*f.p("sigma"))
     lam = _number(*f.p("lam"), lo=0.0)
     center = _boolean(*f.p("center"))
     if not f.is_fitted:
         return
-    X = _float_array(*f.f("X_fit_"), 2)
+    X = _float_array(*f.f("X_fit_"), 2, max_abs=MAX_ABS_FEATURE)
     n, d = X.shape
     if n < 1 or d < 1:
         raise _fail(f.f("X_fit_")[1], f"needs at least one row and one column, got shape {X.shape}")
-    alpha = _float_array(*f.f("alpha_"), (1, 2), shape=(n,))
+    alpha = _float_array(*f.f("alpha_"), (1, 2), shape=(n,), max_abs=MAX_ABS_COEFFICIENT)
     y_mean, where = f.f("y_mean_")
     if alpha.ndim == 1:
         if isinstance(y_mean, np.ndarray):
-            y_mean = _float_array(y_mean, where, 0)
+            y_mean = _float_array(y_mean, where, 0, max_abs=MAX_ABS_COEFFICIENT)
         else:
-            _number(y_mean, where)
+            _number(y_mean, where, max_abs=MAX_ABS_COEFFICIENT)
     else:
-        _float_array(y_mean, where, 1, shape=(alpha.shape[1],))
+        _float_array(y_mean, where, 1, shape=(alpha.shape[1],), max_abs=MAX_ABS_COEFFICIENT)
     if not center and np.any(np.asarray(y_mean) != 0):
         raise _fail(where, "must be 0 for a model fitted with center=false")
     lam_used = _number(*f.f("lam_"), lo=0.0)
@@ -652,13 +672,13 @@ def _check_metric_learner(f: _Fields) -> None:
         _integer(*f.p("shuffle_every"), 1)
     if not f.is_fitted:
         return
-    A = _float_array(*f.f("components_"), 2)
+    A = _float_array(*f.f("components_"), 2, max_abs=MAX_ABS_FEATURE)
     if A.shape[0] < 1 or A.shape[1] < 1:
         raise _fail(f.f("components_")[1], f"must have at least one row and column, got shape {A.shape}")
     n_in, where = f.f("n_features_in_")
     if _integer(n_in, where, 1) != A.shape[1]:
         raise _fail(where, f"is {n_in} but components_ has {A.shape[1]} columns")
-    _number(*f.f("sigma_"), lo=0.0, lo_open=True)
+    _sigma(*f.f("sigma_"))
     _integer(*f.f("n_iter_"), 0)
     for key in ("n_segments_", "seed_"):
         v, where = f.f(key, required=False)
@@ -681,7 +701,7 @@ def _check_molecular_krr(f: _Fields) -> None:
 
     _nested(*f.p("representation"), "representation", fitted=False, none=True)
     kernel = _choice(*f.p("kernel"), KERNELS)
-    _number(*f.p("sigma"), lo=0.0, lo_open=True, none=True)
+    _sigma(*f.p("sigma"), none=True)
     _number(*f.p("lam"), lo=0.0, none=True)
     _nested(*f.p("metric"), "metric", fitted=False, none=True)
     _boolean(*f.p("prefit_metric"))
@@ -697,7 +717,7 @@ def _check_molecular_krr(f: _Fields) -> None:
     metric = _nested(*f.f("metric_"), "metric", fitted=True, none=True)
     krr, krr_where = f.f("krr_")
     krr = _nested(krr, krr_where, "krr", fitted=True)
-    sigma = _number(*f.f("sigma_"), lo=0.0, lo_open=True)
+    sigma = _sigma(*f.f("sigma_"))
     lam = _number(*f.f("lam_"), lo=0.0)
     if krr.kernel != kernel or float(krr.sigma) != sigma or float(krr.lam) != lam:
         raise _fail(krr_where, f"kernel {krr.kernel!r}, sigma {krr.sigma!r}, lam {krr.lam!r} differ from the model's "
