@@ -67,8 +67,10 @@ def check_finite(value: Any, name: str) -> float:
         raise InvalidInputError(f"{name} must be a number, got {value!r}")
     try:
         v = float(value)
+    except OverflowError:
+        raise InvalidInputError(f"{name} must be finite, got an integer too large for a float") from None
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{name} must be a number, got {value!r}") from exc
+        raise InvalidInputError(f"{name} must be a number, got {value!r:.60}") from exc
     if not np.isfinite(v):
         raise InvalidInputError(f"{name} must be finite, got {value!r}")
     return v

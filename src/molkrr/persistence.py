@@ -185,7 +185,7 @@ def load_model(path: str | os.PathLike) -> Any:
             raise ModelFileError(f"member {unused[0]!r} is not referenced by the header")
         return model
     except ModelFileError as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
+        raise ModelFileError(f"{path}: {_one_line(exc, 400)}") from None
     except RecursionError:
         raise ModelFileError(f"{path}: the header is nested too deeply") from None
     except MemoryError:
@@ -237,11 +237,11 @@ def _read_archive(path: str) -> tuple[Any, dict[str, np.ndarray]]:
             raise ModelFileError(f"the header is not JSON ({_one_line(exc)})") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             fmt = header.get("format") if isinstance(header, dict) else type(header).__name__
-            raise ModelFileError(f"not a molkrr model file (format {fmt!r})")
+            raise ModelFileError(f"not a molkrr model file (format {_show(fmt)})")
         version = header.get("format_version")
         if type(version) is not int or version != FORMAT_VERSION:
             raise ModelFileError(
-                f"model file format version {version!r} is not supported (this molkrr reads {FORMAT_VERSION}"
+                f"model file format version {_show(version)} is not supported (this molkrr reads {FORMAT_VERSION}"
                 + ("; version 1 files do not record the training elements: retrain the model)" if version == 1 else ")")
             )
         arrays = {}
@@ -291,7 +291,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=10_000)
                 else:
                     raise ValueError(f"unsupported .npy version {version}")
-            except (ValueError, SyntaxError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - numpy parses the header with tokenize/literal_eval: any failure means junk
                 if "pickle" in str(exc) or "object" in str(exc).lower():
                     raise ModelFileError("the file contains pickled objects, which molkrr refuses to load") from None
                 raise ModelFileError(f"member {name!r} is not a valid .npy array ({_one_line(exc)})") from None
@@ -352,7 +352,7 @@ class _Decoder:
             raise ModelFileError(f"{where}: an estimator node needs exactly 'class', 'params' and 'fitted', got {keys}")
         name = node["class"]
         if not isinstance(name, str) or name not in self.classes:
-            raise ModelFileError(f"{where}: model file names class {name!r}, which is not a molkrr estimator")
+            raise ModelFileError(f"{where}: model file names class {_show(name)}, which is not a molkrr estimator")
         cls = self.classes[name]
         if not isinstance(node["params"], dict) or not isinstance(node["fitted"], dict):
             raise ModelFileError(f"{where}: 'params' and 'fitted' must be JSON objects")
@@ -365,7 +365,7 @@ class _Decoder:
             raise ModelFileError(f"{where}: model file lacks {name} parameters {sorted(missing)}")
         for k in node["fitted"]:
             if not (isinstance(k, str) and k.endswith("_") and not k.startswith("_")):
-                raise ModelFileError(f"{where}: model file sets a non-fitted attribute {k!r} on {name}")
+                raise ModelFileError(f"{where}: model file sets a non-fitted attribute {_show(k)} on {name}")
         params = {k: self.value(v, f"{where}.params.{k}", depth + 1) for k, v in node["params"].items()}
         fitted = {k: self.value(v, f"{where}.fitted.{k}", depth + 1) for k, v in node["fitted"].items()}
         fields = _Fields(where, name, params, fitted)
@@ -396,11 +396,11 @@ class _Decoder:
             raise ModelFileError(f"{where}: unknown value encoding {sorted(v)!r}")
         if v is None or isinstance(v, (bool, int, float, str)):
             return v
-        raise ModelFileError(f"{where}: unsupported value {v!r:.60}")  # pragma: no cover - JSON has no others
+        raise ModelFileError(f"{where}: unsupported value {_show(v)}")  # pragma: no cover - JSON has no others
 
     def array(self, key: Any, where: str) -> np.ndarray:
         if not isinstance(key, str) or key not in self.arrays:
-            raise ModelFileError(f"{where}: refers to array {key!r:.60}, which the file does not hold")
+            raise ModelFileError(f"{where}: refers to array {_show(key)}, which the file does not hold")
         if key in self.used:
             raise ModelFileError(f"{where}: array {key!r} is referenced twice")
         self.used.add(key)
@@ -454,24 +454,24 @@ def _number(v: Any, where: str, *, lo: float | None = None, lo_open: bool = Fals
     if v is None and none:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-        raise _fail(where, f"must be a number, got {v!r:.60}")
+        raise _fail(where, f"must be a number, got {_show(v)}")
     try:
         x = float(v)
     except OverflowError:
-        raise _fail(where, f"must be a finite number, got {v!r:.60}") from None
+        raise _fail(where, f"must be a finite number, got {_show(v)}") from None
     if not math.isfinite(x):
-        raise _fail(where, f"must be finite, got {v!r}")
+        raise _fail(where, f"must be finite, got {_show(v)}")
     if lo is not None and (x < lo or (lo_open and x == lo)):
-        raise _fail(where, f"must be {'>' if lo_open else '≥'} {lo:g}, got {v!r}")
+        raise _fail(where, f"must be {'>' if lo_open else '≥'} {lo:g}, got {_show(v)}")
     if max_abs is not None and abs(x) > max_abs:
-        raise _fail(where, f"must be at most {max_abs:g} in magnitude, got {v!r}")
+        raise _fail(where, f"must be at most {max_abs:g} in magnitude, got {_show(v)}")
     return x
 
 
 def _sigma(v: Any, where: str, *, none: bool = False) -> float | None:
     x = _number(v, where, lo=0.0, lo_open=True, none=none)
     if x is not None and not SIGMA_RANGE[0] <= x <= SIGMA_RANGE[1]:
-        raise _fail(where, f"must lie in [{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}], got {v!r}")
+        raise _fail(where, f"must lie in [{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}], got {_show(v)}")
     return x
 
 
@@ -480,13 +480,13 @@ def _integer(v: Any, where: str, lo: int, hi: int | None = None, *, none: bool =
         return None
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
         bound = f"≥ {lo}" if hi is None else f"in {lo}..{hi}"
-        raise _fail(where, f"must be an integer {bound}, got {v!r:.60}")
+        raise _fail(where, f"must be an integer {bound}, got {_show(v)}")
     return int(v)
 
 
 def _boolean(v: Any, where: str) -> bool:
     if not isinstance(v, bool):
-        raise _fail(where, f"must be true or false, got {v!r:.60}")
+        raise _fail(where, f"must be true or false, got {_show(v)}")
     return v
 
 
@@ -494,7 +494,7 @@ def _choice(v: Any, where: str, choices: Any, *, none: bool = False) -> Any:
     if v is None and none:
         return None
     if not isinstance(v, str) or v not in choices:
-        raise _fail(where, f"must be one of {sorted(choices)}, got {v!r:.60}")
+        raise _fail(where, f"must be one of {sorted(choices)}, got {_show(v)}")
     return v
 
 
@@ -502,7 +502,7 @@ def _text(v: Any, where: str, *, none: bool = False, max_len: int = 256) -> str 
     if v is None and none:
         return None
     if not isinstance(v, str) or len(v) > max_len:
-        raise _fail(where, f"must be a string of at most {max_len} characters, got {v!r:.60}")
+        raise _fail(where, f"must be a string of at most {max_len} characters, got {_show(v)}")
     return v
 
 
@@ -570,8 +570,34 @@ def _params_through(fields: _Fields, check: Callable[[Any], None]) -> None:
     cls = allowed_classes()[fields.name]
     try:
         check(cls(**fields.params))
-    except (MolkrrError, ValueError, TypeError) as exc:
+    except (MolkrrError, ValueError, TypeError, ArithmeticError) as exc:
         raise _fail(f"{fields.where}.params", _one_line(exc)) from None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of decoded parameter values (arrays, estimators, containers; NaN equals NaN)."""
+    from sklearn.base import BaseEstimator
+
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+                and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    if isinstance(a, BaseEstimator) or isinstance(b, BaseEstimator):
+        return type(a) is type(b) and _same(a.get_params(deep=False), b.get_params(deep=False))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def _show(v: Any) -> str:
+    """A short one-line rendering of a decoded value for messages."""
+    if isinstance(v, np.ndarray):
+        return f"an array of shape {v.shape} and dtype {v.dtype}"
+    text = " ".join(repr(v).split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ----------------------------------------------------------------------------- per-class validators
@@ -668,7 +694,7 @@ def _check_metric_learner(f: _Fields) -> None:
         _number(*f.p("lam"), lo=0.0)
         frac, where = f.p("alpha_fraction")
         if not 0.0 < _number(frac, where) < 1.0:
-            raise _fail(where, f"must lie in (0, 1), got {frac!r}")
+            raise _fail(where, f"must lie in (0, 1), got {_show(frac)}")
         _integer(*f.p("shuffle_every"), 1)
     if not f.is_fitted:
         return
@@ -712,14 +738,29 @@ def _check_molecular_krr(f: _Fields) -> None:
         return
     rep, rep_where = f.f("representation_")
     rep = _nested(rep, rep_where, "representation", fitted=True)
+    # fit clones the templates: the fitted parts carry exactly the parameters of the model's own
+    template = f.params["representation"]
+    if template is None:
+        from .representations.coulomb import CoulombMatrix
+
+        template = CoulombMatrix()
+    if type(rep) is not type(template) or not _same(rep.get_params(deep=False), template.get_params(deep=False)):
+        raise _fail(f"{rep_where}.params", "differ from the model's representation parameters")
     if getattr(rep, "form", "global") != "global":
         raise _fail(rep_where, "MolecularKRR needs one feature row per molecule (a global representation)")
-    metric = _nested(*f.f("metric_"), "metric", fitted=True, none=True)
+    metric, metric_where = f.f("metric_")
+    metric = _nested(metric, metric_where, "metric", fitted=True, none=True)
+    template = f.params["metric"]
+    if (metric is None) != (template is None) or (
+        metric is not None
+        and (type(metric) is not type(template) or not _same(metric.get_params(deep=False), template.get_params(deep=False)))
+    ):
+        raise _fail(metric_where, "differs from the model's metric parameter")
     krr, krr_where = f.f("krr_")
     krr = _nested(krr, krr_where, "krr", fitted=True)
     sigma = _sigma(*f.f("sigma_"))
     lam = _number(*f.f("lam_"), lo=0.0)
-    if krr.kernel != kernel or float(krr.sigma) != sigma or float(krr.lam) != lam:
+    if krr.kernel != kernel or float(krr.sigma) != sigma or float(krr.lam) != lam or krr.center != f.params["center"]:
         raise _fail(krr_where, f"kernel {krr.kernel!r}, sigma {krr.sigma!r}, lam {krr.lam!r} differ from the model's "
                                f"{kernel!r}, sigma_ {sigma!r}, lam_ {lam!r}")
     if krr.alpha_.ndim != 1:
@@ -773,9 +814,9 @@ def allowed_classes() -> dict[str, type]:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _gib(n: int) -> str:

@@ -481,6 +481,13 @@ def _fchl19_jacobian(eidx, pos, rows, J, n_el, Rs2, Rs3, eta2, eta3, ang_pref, r
 
 
 # ---------------------------------------------------------------------------------------- estimator
+#: Parameter bounds (far outside any useful setting): within them the features and their gradients
+#: stay finite for molecules of atoms at least MIN_INTERATOMIC_DISTANCE apart.
+_MAX_BASIS = 1000  # nRs2, nRs3, nFourier
+_MAX_WIDTH = 1e3  # eta2, eta3 and the cutoffs rcut, acut (Å)
+_MAX_WEIGHT = 1e3  # zeta, the decay powers and the three-body weight
+
+
 class FCHL19(Representation):
     """FCHL19 (FCHL-ACSF) representation, qmllib's definition; see the module docstring.
 
@@ -609,11 +616,13 @@ class FCHL19(Representation):
     def _check_params(self) -> None:
         check_choice(self.form, "form", ("global", "atomic"))
         for name in ("nRs2", "nRs3", "nFourier"):
-            check_int(getattr(self, name), name, 1)
+            check_int(getattr(self, name), name, 1, _MAX_BASIS)
         for name in ("eta2", "eta3", "rcut", "acut"):
-            check_positive(getattr(self, name), name)
+            if check_positive(getattr(self, name), name) > _MAX_WIDTH:
+                raise InvalidInputError(f"{name} must be at most {_MAX_WIDTH:g}, got {getattr(self, name)!r}")
         for name in ("zeta", "two_body_decay", "three_body_decay", "three_body_weight"):
-            check_finite(getattr(self, name), name)
+            if abs(check_finite(getattr(self, name), name)) > _MAX_WEIGHT:
+                raise InvalidInputError(f"{name} must lie in ±{_MAX_WEIGHT:g}, got {getattr(self, name)!r}")
         try:
             el = np.asarray(list(self.elements))
         except TypeError:
