@@ -408,8 +408,15 @@ def model_cases(good: dict[str, Path]) -> None:
     mutate("fchl19_nRs2_zero", lambda h, a: node(h, "representation_")["params"].update(nRs2=0), "nRs2", fchl, cat)
     mutate("fchl19_rcut_nan", lambda h, a: node(h, "representation_")["params"].update(rcut=float("nan")), "rcut",
            fchl, cat)
-    mutate("fchl19_atomic_form", lambda h, a: [node(h, "representation_")["params"].update(form="atomic")],
-           "global", fchl, cat)
+    mutate("fchl19_atomic_form", lambda h, a: [node(h, "representation_")["params"].update(form="atomic"),
+                                               h["model"]["params"]["representation"]["__estimator__"]["params"].update(
+                                                   form="atomic")], "global", fchl, cat)
+    mutate("fchl19_weight_edited_in_fitted_only",
+           lambda h, a: node(h, "representation_")["params"].update(three_body_weight=20.0), "differ", fchl, cat)
+    mutate("fchl19_weight_1e308", lambda h, a: [
+        p["params"].update(three_body_weight=1e308)
+        for p in (node(h, "representation_"), h["model"]["params"]["representation"]["__estimator__"])],
+        "three_body_weight", fchl, cat)
     # metric learner
     hm, am = members(mlkrr)
     A = am[array_key(node(hm, "metric_"), "components_")]
@@ -419,7 +426,9 @@ def model_cases(good: dict[str, Path]) -> None:
     mutate("metric_sigma_negative", lambda h, a: fitted("metric_")(h).update(sigma_=-1.0), "sigma_", mlkrr, cat)
     mutate("metric_history_strings", lambda h, a: fitted("metric_")(h).update(history_={"__dict__": {"loss": ["x"]}}),
            "history_", mlkrr, cat)
-    mutate("metric_dropped", lambda h, a: h["model"]["fitted"].update(metric_=None), "columns", mlkrr, cat)
+    mutate("metric_dropped", lambda h, a: [h["model"]["fitted"].update(metric_=None),
+                                           h["model"]["params"].update(metric=None)], "columns", mlkrr, cat)
+    mutate("metric_dropped_in_fitted_only", lambda h, a: h["model"]["fitted"].update(metric_=None), "differs", mlkrr, cat)
     # a bare KernelRidge file
     mutate("kr_y_mean_vector_for_1d", lambda h, a: [h["model"]["fitted"].update(y_mean_={"__array__": "ym"}),
                                                     a.update(ym=np.zeros(3))], "y_mean_", kr, cat)
