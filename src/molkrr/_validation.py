@@ -23,6 +23,7 @@ __all__ = [
     "check_choice",
     "check_finite",
     "check_int",
+    "check_model_params",
     "check_positive",
     "check_targets",
 ]
@@ -137,3 +138,19 @@ def check_targets(y: Any, name: str = "energies") -> np.ndarray:
             "(larger targets overflow the regression)"
         )
     return arr
+
+
+def check_model_params(model: Any) -> None:
+    """The constructor parameters of a :class:`~molkrr.MolecularKRR`, checked before any work in ``fit``."""
+    from .kernels import KERNELS
+
+    if isinstance(model.kernel, str):  # a kernel object checks its own parameters
+        check_choice(model.kernel, "kernel", sorted(KERNELS))
+    if model.sigma is not None:
+        check_positive(model.sigma, "sigma")
+    if model.lam is not None:
+        check_positive(model.lam, "lam", allow_zero=True)
+    check_bool(model.prefit_metric, "prefit_metric")
+    check_bool(model.center, "center")
+    if model.energy_unit is not None and (not isinstance(model.energy_unit, str) or len(model.energy_unit) > 256):
+        raise InvalidInputError(f"energy_unit must be a string of at most 256 characters or None, got {model.energy_unit!r:.60}")

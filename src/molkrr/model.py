@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from ._validation import check_targets
+from ._validation import check_model_params, check_targets
 from .applicability import check_elements, training_elements
 from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
 from .krr import DEFAULT_LAMS, KernelRidge, select_hyperparameters
@@ -74,6 +74,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------------ fitting
     def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
         """Fit on molecules (Molecules or ase.Atoms list) and energies y (default: the molecules' energies)."""
+        check_model_params(self)  # molkrr._validation: the one parameter-check helper
         mols = as_molecules(molecules)
         y = _energies(mols, y)
         self.elements_ = training_elements(mols)  # molkrr.applicability: the elements predict accepts
