@@ -32,13 +32,14 @@ Adding a class is one line in :data:`_REGISTRY` (module, attribute, validator).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,14 @@ HEADER_KEY = "__header__"
 #: Largest total (decompressed) size of the arrays in one model file, in bytes. A model of 130,000
 #: training molecules with 720 features holds 0.75 GB; the environment variable
 #: ``MOLKRR_MAX_MODEL_BYTES`` raises (or lowers) the limit.
-MAX_MODEL_BYTES = int(os.environ.get("MOLKRR_MAX_MODEL_BYTES", 32 << 30))
+def _env_bytes(name: str, default: int) -> int:
+    try:
+        return max(0, int(os.environ.get(name, default)))
+    except ValueError:  # an unreadable setting keeps the default rather than breaking the import
+        return default
+
+
+MAX_MODEL_BYTES = _env_bytes("MOLKRR_MAX_MODEL_BYTES", 32 << 30)
 #: Largest JSON header, in bytes.
 MAX_HEADER_BYTES = 16 << 20
 #: Largest number of members in a model file.
@@ -193,8 +201,9 @@ def load_model(path: str | os.PathLike) -> Any:
 
 
 # ----------------------------------------------------------------------------- the archive
-def _read_archive(path: str) -> tuple[Any, dict[str, np.ndarray]]:
-    """(parsed JSON header, {member name: array}) with every size bounded before it is read."""
+@contextlib.contextmanager
+def _checked_zip(path: str, max_bytes: int) -> Iterator[tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]]:
+    """The open archive and its members, every member's declared size checked before anything is read."""
     archive_size = os.path.getsize(path)
     with open(path, "rb") as fh:
         magic = fh.read(8)
@@ -214,17 +223,36 @@ def _read_archive(path: str) -> tuple[Any, dict[str, np.ndarray]]:
         names = [i.filename for i in infos]
         if len(set(names)) != len(names):
             raise ModelFileError("the archive names a member twice")
-        if HEADER_KEY + ".npy" not in names:
-            raise ModelFileError(f"not a molkrr model file (no {HEADER_KEY} entry)")
-        budget = MAX_MODEL_BYTES
+        budget = max_bytes
         for info in infos:
             _check_member(info, archive_size)
             budget -= info.file_size
             if budget < 0:
                 raise ModelFileError(
-                    f"member {info.filename!r}: the arrays declare more than {_gib(MAX_MODEL_BYTES)} in all "
+                    f"member {info.filename!r}: the arrays declare more than {_gib(max_bytes)} in all "
                     "(the limit MOLKRR_MAX_MODEL_BYTES)"
                 )
+        yield zf, infos
+
+
+def read_npz_bounded(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive, read with the checks of model files (sizes bounded before reading,
+    no pickle, no other compressions); raises ModelFileError. Used for data sets in npz form too."""
+    path = os.fspath(path)
+    with _checked_zip(path, MAX_MODEL_BYTES if max_bytes is None else max_bytes) as (zf, infos):
+        arrays = {}
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                raise ModelFileError(f"member {info.filename!r} is not a numpy array (.npy)")
+            arrays[info.filename[:-4]] = _read_member(zf, info)
+    return arrays
+
+
+def _read_archive(path: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """(parsed JSON header, {member name: array}) with every size bounded before it is read."""
+    with _checked_zip(path, MAX_MODEL_BYTES) as (zf, infos):
+        if HEADER_KEY + ".npy" not in [i.filename for i in infos]:
+            raise ModelFileError(f"not a molkrr model file (no {HEADER_KEY} entry)")
         header_info = zf.getinfo(HEADER_KEY + ".npy")
         if header_info.file_size > MAX_HEADER_BYTES:
             raise ModelFileError(f"the header declares {header_info.file_size} bytes, more than {MAX_HEADER_BYTES}")

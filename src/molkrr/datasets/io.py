@@ -173,18 +173,21 @@ def read_sgdml_npz(path: str | os.PathLike, *, validate: bool = True) -> Molecul
     p = Path(os.fspath(path))
     if not p.is_file():
         raise DatasetError(f"cannot read {p}: no such file")
+    from ..persistence import read_npz_bounded
+
     try:
-        with np.load(p, allow_pickle=False) as data:
-            if "z" not in data or "R" not in data:
-                raise DatasetError(f"cannot read {p}: not an sGDML data set (needs arrays 'z' and 'R')")
-            z = np.asarray(data["z"])
-            R = np.asarray(data["R"], dtype=np.float64)
-            E = np.asarray(data["E"], dtype=np.float64) if "E" in data else None
-            F = np.asarray(data["F"], dtype=np.float64) if "F" in data else None
-    except DatasetError:
-        raise
-    except Exception as exc:
-        raise DatasetError(f"cannot read {p}: {_one_line(exc)}") from exc
+        data = read_npz_bounded(p)  # member sizes bounded before reading, no pickle
+    except MolkrrError as exc:
+        raise DatasetError(f"cannot read {p}: {_one_line(exc)}") from None
+    if "z" not in data or "R" not in data:
+        raise DatasetError(f"cannot read {p}: not an sGDML data set (needs arrays 'z' and 'R')")
+    try:
+        z = np.asarray(data["z"])
+        R = np.asarray(data["R"], dtype=np.float64)
+        E = np.asarray(data["E"], dtype=np.float64) if "E" in data else None
+        F = np.asarray(data["F"], dtype=np.float64) if "F" in data else None
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"cannot read {p}: arrays z, R, E, F must be numeric ({_one_line(exc)})") from None
     if z.ndim != 1 or R.ndim != 3 or R.shape[1:] != (z.shape[0], 3) or R.shape[0] == 0:
         raise ShapeMismatchError(f"{p}: z of shape {z.shape} and R of shape {R.shape} do not describe frames of one molecule")
     n_frames, n_atoms = R.shape[:2]
