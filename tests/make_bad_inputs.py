@@ -10,7 +10,7 @@ tests/test_inputs_fuzz.py mutates the good models at random.
 
 Targets
 -------
-load          molkrr.load_model(file)
+load          molkrr.load_model(file, kind=MolecularKRR)
 read          molkrr.datasets.read_xyz(file)
 train         read the XYZ file for training and fit a MolecularKRR on it (CLI: train --xyz)
 predict       predict with good/model_cm.npz on the XYZ file (CLI: predict)
@@ -285,6 +285,9 @@ def model_cases(good: dict[str, Path]) -> None:
     for v in (1, 3, "2", None, 2.0, True):
         mutate(f"format_version_{v!r}".replace("'", ""), lambda h, a, v=v: h.update(format_version=v), "version")
     mutate("model_missing", lambda h, a: h.pop("model"))
+    mutate("top_level_representation", lambda h, a: [h.update(model=node(h, "representation_")), a.clear()],
+           "not a MolecularKRR")
+    add("model-header", "top_level_kernel_ridge", "load", E, data=kr.read_bytes(), ext=".npz", match="not a MolecularKRR")
     for cls in ("os.system", "subprocess.Popen", "builtins.eval", "BaseEstimator", "", 42):
         mutate(f"foreign_class_{cls}".replace(".", "_"), lambda h, a, c=cls: h["model"].update({"class": c}),
                "not a molkrr estimator")

@@ -38,7 +38,7 @@ def _run_api_case(case: dict, train: molkrr.Molecules) -> None:
     target = case["target"]
     path = DATA / case["file"] if "file" in case else None
     if target == "load":
-        molkrr.load_model(path)
+        molkrr.load_model(path, kind=molkrr.MolecularKRR)
     elif target == "read":
         read_xyz(path)
     elif target == "train":
@@ -226,7 +226,7 @@ def test_allow_element_opt_in_api_cli_and_calculator(tmp_path):
 def test_a_bug_shows_its_traceback_and_exit_status(monkeypatch, tmp_path):
     import molkrr.persistence
 
-    def broken(path):
+    def broken(path, **kwargs):
         raise KeyError("a bug")
 
     monkeypatch.setattr(molkrr.persistence, "load_model", broken)

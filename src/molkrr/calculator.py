@@ -116,9 +116,10 @@ class MolkrrCalculator(Calculator):
         if model is None and model_path is None:
             raise InvalidInputError("no model: pass a fitted MolecularKRR or the path of a saved model")
         if model is None or isinstance(model, (str, os.PathLike)):
+            from .model import MolecularKRR
             from .persistence import load_model
 
-            model = load_model(model if model is not None else model_path)
+            model = load_model(model if model is not None else model_path, kind=MolecularKRR)
         from sklearn.utils.validation import check_is_fitted
 
         from .model import MolecularKRR

@@ -173,7 +173,9 @@ def predict(model_path, xyz, forces, output, allow, quiet):
     from .datasets import read_xyz, write_xyz
     from .persistence import load_model
 
-    model = load_model(model_path)
+    from .model import MolecularKRR
+
+    model = load_model(model_path, kind=MolecularKRR)
     if allow:
         allow_elements(model, allow)
     mols = read_xyz(xyz)

@@ -173,12 +173,15 @@ def _encode_value(v: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- load
-def load_model(path: str | os.PathLike) -> Any:
+def load_model(path: str | os.PathLike, kind: type | None = None) -> Any:
     """Read and validate a model written by :func:`save_model`.
+
+    kind : a class (e.g. :class:`molkrr.MolecularKRR`) the file must hold; None accepts any molkrr
+        estimator.
 
     Raises :class:`~molkrr.errors.ModelFileError` (naming the file and the field) for any file that
     is missing, truncated, corrupt, foreign, of another format version, or whose content is not a
-    consistent molkrr model; nothing is built from a file that fails.
+    consistent molkrr model (or not of ``kind``); nothing is built from a file that fails.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -191,6 +194,8 @@ def load_model(path: str | os.PathLike) -> Any:
         unused = sorted(set(arrays) - decoder.used)
         if unused:
             raise ModelFileError(f"member {unused[0]!r} is not referenced by the header")
+        if kind is not None and not isinstance(model, kind):
+            raise ModelFileError(f"the file holds a {type(model).__name__}, not a {kind.__name__}")
         return model
     except ModelFileError as exc:
         raise ModelFileError(f"{path}: {_one_line(exc, 400)}") from None
