@@ -559,6 +559,14 @@ def api_cases() -> None:
         ("model_energies_too_few", {"energies": [1.0] * 3}, "ShapeMismatchError"),
     ]:
         add(cat, name, "api", expect, call="fit_model", args=params)
+    for name, X, y, expect in [
+        ("kernel_ridge_nan_X", [[1.0, "nan"], [0.0, 1.0]], [1.0, 2.0], "InvalidInputError"),
+        ("kernel_ridge_string_X", [["a", "b"], [0.0, 1.0]], [1.0, 2.0], "InvalidInputError"),
+        ("kernel_ridge_ragged_X", [[1.0], [0.0, 1.0]], [1.0, 2.0], "MolkrrError"),
+        ("kernel_ridge_y_length", [[1.0, 0.0], [0.0, 1.0]], [1.0, 2.0, 3.0], "ShapeMismatchError"),
+        ("kernel_ridge_3d_X", [[[1.0]], [[0.0]]], [1.0, 2.0], "ShapeMismatchError"),
+    ]:
+        add(cat, name, "api", expect, call="fit_kernel_ridge", args={"X": X, "y": y})
     add(cat, "allow_unsupported_element_bob", "api", "UnknownElementError", call="allow_elements",
         args={"model": "model_bob.npz", "elements": ["N"]})
     add(cat, "allow_typo_element", "api", "UnknownElementError", call="allow_elements",

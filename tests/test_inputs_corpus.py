@@ -69,6 +69,11 @@ def _fit_model(args, train):
     molkrr.MolecularKRR(molkrr.CoulombMatrix(), **kw).fit(train, y)
 
 
+def _fit_kernel_ridge(args, train):
+    X = [[float(v) if v == "nan" else v for v in row] if isinstance(row, list) else row for row in args["X"]]
+    molkrr.KernelRidge(sigma=1.0).fit(X, args["y"])
+
+
 def _allow_elements(args, train):
     from molkrr.applicability import allow_elements
 
@@ -94,6 +99,7 @@ _API = {
     "from_list": _from_list,
     "fit_representation": _fit_representation,
     "fit_model": _fit_model,
+    "fit_kernel_ridge": _fit_kernel_ridge,
     "allow_elements": _allow_elements,
     "calculator": _calculator,
     "predict": _predict,

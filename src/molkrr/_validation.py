@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError, ShapeMismatchError
+from .errors import InvalidInputError, MolkrrError, ShapeMismatchError
 
 __all__ = [
     "MAX_ABS_TARGET",
     "as_float_matrix",
     "as_float_vector",
+    "as_molkrr_error",
     "check_bool",
     "check_choice",
     "check_finite",
@@ -154,3 +155,15 @@ def check_model_params(model: Any) -> None:
     check_bool(model.center, "center")
     if model.energy_unit is not None and (not isinstance(model.energy_unit, str) or len(model.energy_unit) > 256):
         raise InvalidInputError(f"energy_unit must be a string of at most 256 characters or None, got {model.energy_unit!r:.60}")
+
+
+def as_molkrr_error(exc: ValueError) -> MolkrrError:
+    """A scikit-learn input-validation ValueError as the matching molkrr error (message kept)."""
+    if isinstance(exc, MolkrrError):
+        return exc
+    lines = str(exc).strip().splitlines()
+    msg = lines[0] if lines else type(exc).__name__  # scikit-learn appends paragraphs of advice
+    shape_words = ("features", "inconsistent numbers", "Expected 2D", "dimension", "shape", "with dim ")
+    if "NaN" not in msg and "infinity" not in msg and any(w in msg for w in shape_words):
+        return ShapeMismatchError(msg)
+    return InvalidInputError(msg)
