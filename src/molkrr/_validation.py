@@ -161,8 +161,11 @@ def as_molkrr_error(exc: ValueError) -> MolkrrError:
     """A scikit-learn input-validation ValueError as the matching molkrr error (message kept)."""
     if isinstance(exc, MolkrrError):
         return exc
-    lines = str(exc).strip().splitlines()
-    msg = lines[0] if lines else type(exc).__name__  # scikit-learn appends paragraphs of advice
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip() and not ln.strip().startswith("array=")]
+    if not lines:
+        lines = [type(exc).__name__]
+    # one line: scikit-learn's advice on imputing missing values is dropped, its advice on reshaping kept
+    msg = lines[0] if "missing values" in " ".join(lines[1:]) else " ".join(lines)
     shape_words = ("features", "inconsistent numbers", "Expected 2D", "dimension", "shape", "with dim ")
     if "NaN" not in msg and "infinity" not in msg and any(w in msg for w in shape_words):
         return ShapeMismatchError(msg)
