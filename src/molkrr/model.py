@@ -77,7 +77,6 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         check_model_params(self)  # molkrr._validation: the one parameter-check helper
         mols = as_molecules(molecules)
         y = _energies(mols, y)
-        self.elements_ = training_elements(mols)  # molkrr.applicability: the elements predict accepts
         if self.representation is None:
             from .representations.coulomb import CoulombMatrix
 
@@ -116,6 +115,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         if progress:
             print(f"solving the {len(y)} x {len(y)} kernel system (sigma={sigma:.4g}, lambda={lam:.1e})", file=sys.stderr)
         self.krr_ = KernelRidge(self.kernel, self.sigma_, self.lam_, self.center).fit(X, y)
+        self.elements_ = training_elements(mols)  # molkrr.applicability: the elements predict accepts
         return self
 
     # ------------------------------------------------------------------ prediction
