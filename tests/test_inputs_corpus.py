@@ -161,6 +161,10 @@ def test_corpus_covers_every_category():
         assert hasattr(errors, c["expect"]) and issubclass(getattr(errors, c["expect"]), errors.MolkrrError)
         if "file" in c:
             assert (DATA / c["file"]).is_file(), c["file"]
+    # every file was written by the generator: none missing from the manifest, none added by hand
+    on_disk = {str(p.relative_to(DATA)) for p in (DATA / "bad").rglob("*") if p.is_file()}
+    assert on_disk == {c["file"] for c in CASES if "file" in c}
+    assert {str(p.relative_to(DATA)) for p in GOOD.iterdir()} == set(MANIFEST["good"])
 
 
 # ---------------------------------------------------------------------------------------- the good inputs
