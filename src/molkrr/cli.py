@@ -125,7 +125,8 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 @click.option("--energy-key", default="energy", show_default=True, help="extXYZ info key holding the energy.")
 @click.option("--n-train", type=click.IntRange(2), help="Training molecules (required for QM9; XYZ: default all frames "
               "not held out). Asking for more than the data holds is an error, never a silent cut.")
-@click.option("--n-test", type=click.IntRange(0), default=0, show_default=True, help="Held-out molecules to report MAE on.")
+@click.option("--n-test", type=click.IntRange(0), default=0, show_default=True,
+              help="Held-out molecules to report MAE on (counted against the data, like --n-train).")
 @click.option("--property", "prop", default="atomization_energy", show_default=True, help="QM9 target.")
 @click.option("--unit", default=None, help="Energy unit. QM9: Ha, eV or kcal/mol (default kcal/mol); XYZ: the unit the file is in (recorded with the model).")
 @_rep_option
@@ -137,7 +138,12 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 @_quiet_option
 @_friendly
 def train(dataset, xyz, energy_key, n_train, n_test, prop, unit, representation, kernel, sigma, lam, seed, output, quiet):
-    """Train a model and save it (npz + JSON header, no pickle)."""
+    """Train a model and save it (npz + JSON header, no pickle).
+
+    With --xyz every frame must carry a finite energy of magnitude at most 1e100 (an error names the
+    first frame that does not); the model records the elements it was trained on and predict refuses
+    others unless --allow-element is given.
+    """
     if sigma is not None and lam is None:
         lam = 1e-8
     train_set, test_set, unit = _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, seed, quiet)
@@ -269,7 +275,9 @@ def demo(n_train, n_test, representation, kernel, seed, parity, quiet):
 @click.option("--dataset", type=click.Choice(["qm9"]), help="Learn on QM9 (offline).")
 @click.option("--xyz", type=click.Path(dir_okay=False), help="Learn on an (extended) XYZ file with energies.")
 @click.option("--energy-key", default="energy", show_default=True)
-@click.option("--n-train", type=click.IntRange(10), default=4000, show_default=True)
+@click.option("--n-train", type=click.IntRange(10), default=4000, show_default=True,
+              help="Training molecules. With --xyz, n-train + n-val + n-test beyond the file's frames is an error, "
+              "never a silent cut.")
 @click.option("--n-val", type=click.IntRange(1), default=500, show_default=True, help="Validation molecules (trace, selection).")
 @click.option("--n-test", type=click.IntRange(1), default=1000, show_default=True, help="Held-out molecules for the final MAEs.")
 @click.option("--property", "prop", default="atomization_energy", show_default=True)
