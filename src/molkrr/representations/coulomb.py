@@ -47,7 +47,6 @@ from ..errors import (
     InvalidInputError,
     NonFiniteCoordinatesError,
     RepresentationSizeError,
-    ShapeMismatchError,
 )
 from ..molecules import MIN_INTERATOMIC_DISTANCE, Molecules, as_molecules
 from .base import Representation
