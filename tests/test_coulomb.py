@@ -11,6 +11,7 @@ from molkrr.errors import (
     CoincidentAtomsError,
     NonFiniteCoordinatesError,
     RepresentationSizeError,
+    InvalidInputError,
     ShapeMismatchError,
 )
 from molkrr.molecules import Molecules
@@ -348,7 +349,7 @@ def test_wrong_cotangent_shape_raises(random_mols):
         rep.vjp(random_mols, np.zeros((len(random_mols) - 1, rep.n_features_)))
     G = np.zeros((len(random_mols), rep.n_features_))
     G[0, 0] = np.nan
-    with pytest.raises(ShapeMismatchError, match="NaN"):
+    with pytest.raises(InvalidInputError, match="NaN"):
         rep.vjp(random_mols, G)
 
 

@@ -8,6 +8,7 @@ import pytest
 from molkrr.errors import (
     CoincidentAtomsError,
     EmptyMoleculeError,
+    InvalidInputError,
     MolkrrError,
     NonFiniteCoordinatesError,
     ShapeMismatchError,
@@ -378,4 +379,4 @@ def test_label_count_mismatch(data):
     _raises(ShapeMismatchError, Molecules, **flat, energies=E[:3])
     E_nan = E.copy()
     E_nan[0] = np.nan
-    _raises(ShapeMismatchError, Molecules.from_list, Z, R, E_nan)
+    _raises(InvalidInputError, Molecules.from_list, Z, R, E_nan)  # NaN is a value problem, not a shape one

@@ -253,7 +253,7 @@ def test_raw_pickle_runs_no_code(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("version", [0, 2, FORMAT_VERSION + 1, "1", None])
+@pytest.mark.parametrize("version", [0, FORMAT_VERSION - 1, FORMAT_VERSION + 1, str(FORMAT_VERSION), None])
 def test_wrong_format_version(saved, tmp_path, version):
     header = _header(saved)
     header["format_version"] = version

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .errors import InvalidInputError, MoleculeError, NotDifferentiableError
+from .errors import InputTypeError, InvalidInputError, MoleculeError, NotDifferentiableError
 from .molecules import Molecules
 
 __all__ = ["MolkrrCalculator", "ENERGY_UNITS", "ev_per_unit"]
@@ -70,6 +70,10 @@ class MolkrrCalculator(Calculator):
     energy_unit : str, optional
         Unit the model predicts energies in ('eV', 'meV', 'Ha', 'kcal/mol', 'kJ/mol'); overrides
         ``model.energy_unit``. One of the two must be known: ASE works in eV.
+    allow_elements : list of str or int, optional
+        Elements the model was not trained on that it may be asked about anyway (only where its
+        representation is defined for them, see :func:`molkrr.applicability.allow_elements`).
+        Without this, such atoms raise UnseenElementError.
     **kwargs
         Passed on to :class:`ase.calculators.calculator.Calculator` (``label``, ``directory``, ...).
 
@@ -91,8 +95,8 @@ class MolkrrCalculator(Calculator):
         The model file is missing, corrupt or not a molkrr model.
     MoleculeError subclasses
         At calculation: periodic boundary conditions (``MoleculeError``), non-finite coordinates,
-        coincident atoms, atomic numbers outside 1..118; the representation raises
-        UnknownElementError / RepresentationSizeError for elements or sizes it was not fitted on.
+        coincident atoms, atomic numbers outside 1..118; UnseenElementError for an element the
+        model was not trained on; RepresentationSizeError for a molecule larger than it was fitted for.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
@@ -104,6 +108,7 @@ class MolkrrCalculator(Calculator):
         *,
         model_path: str | os.PathLike | None = None,
         energy_unit: str | None = None,
+        allow_elements: Any = None,
         **kwargs: Any,
     ) -> None:
         if model is not None and model_path is not None:
@@ -111,16 +116,23 @@ class MolkrrCalculator(Calculator):
         if model is None and model_path is None:
             raise InvalidInputError("no model: pass a fitted MolecularKRR or the path of a saved model")
         if model is None or isinstance(model, (str, os.PathLike)):
+            from .model import MolecularKRR
             from .persistence import load_model
 
-            model = load_model(model if model is not None else model_path)
+            model = load_model(model if model is not None else model_path, kind=MolecularKRR)
         from sklearn.utils.validation import check_is_fitted
 
         from .model import MolecularKRR
 
         if not isinstance(model, MolecularKRR):
-            raise TypeError(f"model must be a fitted molkrr.MolecularKRR or a model file path, got {type(model).__name__}")
+            raise InputTypeError(f"model must be a fitted molkrr.MolecularKRR or a model file path, got {type(model).__name__}")
         check_is_fitted(model)
+        if allow_elements:
+            import copy
+
+            from .applicability import allow_elements as _allow
+
+            model = _allow(copy.copy(model), allow_elements)  # the caller's model keeps its own element list
         unit = energy_unit if energy_unit is not None else getattr(model, "energy_unit", None)
         if unit is None:
             raise InvalidInputError(

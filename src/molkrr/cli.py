@@ -1,7 +1,8 @@
 """The ``molkrr`` command: train, predict, demo, learn-metric.
 
-Bad input ends with a one-line ``Error: ...`` on stderr and exit status 1 (2 for usage errors),
-never a traceback.
+Exit status: 0 on success; 1 with a one-line ``Error: <message>`` on stderr for bad input (any
+:class:`~molkrr.errors.MolkrrError`, an unreadable or unwritable file); 2 for usage errors (click);
+70 (``EX_SOFTWARE``) with the full traceback for anything else, which is a bug in molkrr.
 """
 
 from __future__ import annotations
@@ -9,32 +10,52 @@ from __future__ import annotations
 import functools
 import sys
 import time
+import traceback
 from typing import Any, Callable
 
 import click
 import numpy as np
 
-from .errors import MolkrrError
+from .errors import InvalidInputError, MolkrrError
 from .kernels import KERNELS
 from .representations import REPRESENTATIONS
 
 CHUNK = 1000  # molecules per progress-bar step
+#: Exit status for an unexpected exception (a bug), after its traceback: EX_SOFTWARE of sysexits.h.
+EXIT_BUG = 70
 
 
 def _friendly(func: Callable) -> Callable:
-    """Turn expected failures into one-line click errors."""
+    """Bad input → ``Error: <message>`` and exit 1; a bug → its traceback and exit :data:`EXIT_BUG`."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except click.ClickException:
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (MolkrrError, ValueError, OSError, KeyError, TypeError) as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise click.ClickException(f"{type(exc).__name__}: {msg}") from None
+        except MolkrrError as exc:
+            raise click.ClickException(_one_line(exc)) from None
+        except OSError as exc:  # the file system said no: missing directory, permissions, disk full
+            name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{name}{exc.strerror or _one_line(exc)}") from None
+        except MemoryError:
+            raise click.ClickException("not enough memory for this run (try fewer molecules)") from None
+        except Exception:
+            traceback.print_exc()
+            click.echo(
+                f"molkrr: internal error (exit status {EXIT_BUG}): this is a bug in molkrr, not a problem with your "
+                "input; please report it with the traceback above",
+                err=True,
+            )
+            sys.exit(EXIT_BUG)
 
     return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _progress(iterable, desc: str, quiet: bool, **kw):
@@ -49,12 +70,16 @@ def _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, s
     if (dataset is None) == (xyz is None):
         raise click.UsageError("give exactly one of --dataset qm9 or --xyz FILE")
     if xyz is not None:
-        mols = read_xyz(xyz, energy_key=energy_key)
-        if mols.energies is None:
-            raise click.ClickException(f"{xyz}: frames carry no '{energy_key}' values to train on")
+        mols = read_xyz(xyz, energy_key=energy_key, require_energies=True)
+        n_test = n_test or 0
+        if n_test + max(n_train or 0, 2) > len(mols):
+            want = f"{n_train} for training" if n_train else "at least 2 for training"
+            raise InvalidInputError(
+                f"{xyz} has {len(mols)} frames: not enough for {want} and {n_test} held out; "
+                "ask for fewer (--n-train, --n-test/--n-val)"
+            )
         rng = np.random.default_rng(seed)
         perm = rng.permutation(len(mols))
-        n_test = min(n_test or 0, len(mols) - 1)
         test, train = perm[:n_test], perm[n_test:]
         if n_train:
             train = train[:n_train]
@@ -98,8 +123,10 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 @click.option("--dataset", type=click.Choice(["qm9"]), help="Train on QM9 (offline, from the qm9pack package).")
 @click.option("--xyz", type=click.Path(dir_okay=False), help="Train on an (extended) XYZ file with energies.")
 @click.option("--energy-key", default="energy", show_default=True, help="extXYZ info key holding the energy.")
-@click.option("--n-train", type=click.IntRange(2), help="Training molecules (required for QM9).")
-@click.option("--n-test", type=click.IntRange(0), default=0, show_default=True, help="Held-out molecules to report MAE on.")
+@click.option("--n-train", type=click.IntRange(2), help="Training molecules (required for QM9; XYZ: default all frames "
+              "not held out). Asking for more than the data holds is an error, never a silent cut.")
+@click.option("--n-test", type=click.IntRange(0), default=0, show_default=True,
+              help="Held-out molecules to report MAE on (counted against the data, like --n-train).")
 @click.option("--property", "prop", default="atomization_energy", show_default=True, help="QM9 target.")
 @click.option("--unit", default=None, help="Energy unit. QM9: Ha, eV or kcal/mol (default kcal/mol); XYZ: the unit the file is in (recorded with the model).")
 @_rep_option
@@ -111,7 +138,12 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 @_quiet_option
 @_friendly
 def train(dataset, xyz, energy_key, n_train, n_test, prop, unit, representation, kernel, sigma, lam, seed, output, quiet):
-    """Train a model and save it (npz + JSON header, no pickle)."""
+    """Train a model and save it (npz + JSON header, no pickle).
+
+    With --xyz every frame must carry a finite energy of magnitude at most 1e100 (an error names the
+    first frame that does not); the model records the elements it was trained on and predict refuses
+    others unless --allow-element is given.
+    """
     if sigma is not None and lam is None:
         lam = 1e-8
     train_set, test_set, unit = _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, seed, quiet)
@@ -136,14 +168,22 @@ def train(dataset, xyz, energy_key, n_train, n_test, prop, unit, representation,
 @click.argument("xyz", metavar="FILE.xyz", type=click.Path(dir_okay=False))
 @click.option("--forces", is_flag=True, help="Also predict forces (−∂E/∂R).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write an extended XYZ with the predictions.")
+@click.option("--allow-element", "allow", multiple=True, metavar="SYMBOL",
+              help="Predict for an element the model was not trained on (repeatable); only where the model's "
+              "representation is defined for it. Without it such molecules are refused.")
 @_quiet_option
 @_friendly
-def predict(model_path, xyz, forces, output, quiet):
+def predict(model_path, xyz, forces, output, allow, quiet):
     """Predict energies (and forces) for every frame of an XYZ file."""
+    from .applicability import allow_elements
     from .datasets import read_xyz, write_xyz
     from .persistence import load_model
 
-    model = load_model(model_path)
+    from .model import MolecularKRR
+
+    model = load_model(model_path, kind=MolecularKRR)
+    if allow:
+        allow_elements(model, allow)
     mols = read_xyz(xyz)
     idx = np.arange(len(mols))
     chunks = [idx[i : i + CHUNK] for i in range(0, len(idx), CHUNK)]
@@ -235,7 +275,9 @@ def demo(n_train, n_test, representation, kernel, seed, parity, quiet):
 @click.option("--dataset", type=click.Choice(["qm9"]), help="Learn on QM9 (offline).")
 @click.option("--xyz", type=click.Path(dir_okay=False), help="Learn on an (extended) XYZ file with energies.")
 @click.option("--energy-key", default="energy", show_default=True)
-@click.option("--n-train", type=click.IntRange(10), default=4000, show_default=True)
+@click.option("--n-train", type=click.IntRange(10), default=4000, show_default=True,
+              help="Training molecules. With --xyz, n-train + n-val + n-test beyond the file's frames is an error, "
+              "never a silent cut.")
 @click.option("--n-val", type=click.IntRange(1), default=500, show_default=True, help="Validation molecules (trace, selection).")
 @click.option("--n-test", type=click.IntRange(1), default=1000, show_default=True, help="Held-out molecules for the final MAEs.")
 @click.option("--property", "prop", default="atomization_energy", show_default=True)

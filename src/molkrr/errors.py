@@ -28,8 +28,16 @@ class UnknownElementError(MoleculeError):
     """An atomic number is not positive, not a known element, or not supported by a representation."""
 
 
+class UnseenElementError(UnknownElementError):
+    """An element the model was not trained on (see :mod:`molkrr.applicability` for the opt-in)."""
+
+
 class EmptyMoleculeError(MoleculeError):
     """A molecule has no atoms."""
+
+
+class IndexOutOfRangeError(MolkrrError, IndexError):
+    """An index into a batch of molecules is out of range or of the wrong kind."""
 
 
 class ShapeMismatchError(MolkrrError, ValueError):
@@ -58,3 +66,7 @@ class DatasetError(MolkrrError, RuntimeError):
 
 class InvalidInputError(MolkrrError, ValueError):
     """An input array or parameter is unusable: NaN or infinity, non-numeric, too few samples, out of range."""
+
+
+class InputTypeError(MolkrrError, TypeError):
+    """An argument is of a type molkrr cannot use (e.g. a string where molecules are expected)."""

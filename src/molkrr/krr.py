@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._validation import as_molkrr_error
 from .errors import InvalidInputError, ShapeMismatchError
 from .kernels import Kernel, make_kernel, squared_distances
 from .linalg import spd_factor, spd_solve
@@ -65,7 +66,10 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         """Fit on X (n, d) and y (n,) or (n, t)."""
         # C order throughout: BLAS results then do not depend on the caller's layout (a DataFrame is
         # F-ordered), so a reloaded model predicts bitwise-equal values
-        X, y = validate_data(self, X, y, dtype=np.float64, order="C", multi_output=True, y_numeric=True)
+        try:  # molkrr._validation: scikit-learn's input errors as MolkrrError subclasses
+            X, y = validate_data(self, X, y, dtype=np.float64, order="C", multi_output=True, y_numeric=True)
+        except ValueError as exc:
+            raise as_molkrr_error(exc) from None
         if not (np.isfinite(self.lam) and self.lam >= 0):
             raise InvalidInputError(f"lam must be a finite number ≥ 0, got {self.lam}")
         kernel = self.kernel_
@@ -79,7 +83,10 @@ class KernelRidge(RegressorMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """Predictions for X (n_q, d): shape (n_q,) or (n_q, t)."""
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, order="C", reset=False)
+        try:  # molkrr._validation: scikit-learn's input errors as MolkrrError subclasses
+            X = validate_data(self, X, dtype=np.float64, order="C", reset=False)
+        except ValueError as exc:
+            raise as_molkrr_error(exc) from None
         kernel = self.kernel_
         out = np.empty((X.shape[0],) + self.alpha_.shape[1:])
         for start in range(0, X.shape[0], PREDICT_BLOCK):
@@ -222,7 +229,7 @@ def select_hyperparameters(
         folds = [perm[:n_val]]
     else:
         if cv < 2 or cv > n:
-            raise ValueError(f"cv must be between 2 and n={n}, got {cv}")
+            raise InvalidInputError(f"cv must be between 2 and n={n}, got {cv}")
         folds = np.array_split(perm, cv)
     if not base_kernel.has_length_scale:
         sigmas = np.array([np.nan])  # one "σ" row: only λ is selected

@@ -18,7 +18,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from .errors import NotDifferentiableError, ShapeMismatchError
+from ._validation import check_model_params, check_targets
+from .applicability import check_elements, training_elements
+from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
 from .kernels import Kernel, make_kernel
 from .krr import DEFAULT_LAMS, KernelRidge, select_hyperparameters
 from .metric.base_metric import as_metric
@@ -51,7 +53,9 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         Unit of the energies (e.g. 'eV', 'kcal/mol', 'Ha'); recorded with the model and used by the
         ASE calculator. Forces are in energy_unit / Å.
 
-    Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_``, ``sigma_``, ``lam_``.
+    Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_``, ``sigma_``, ``lam_``,
+    ``elements_`` (atomic numbers of the training set: prediction refuses others, see
+    :mod:`molkrr.applicability`).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------------ fitting
     def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
         """Fit on molecules (Molecules or ase.Atoms list) and energies y (default: the molecules' energies)."""
+        check_model_params(self)  # molkrr._validation: the one parameter-check helper
         mols = as_molecules(molecules)
         y = _energies(mols, y)
         if self.representation is None:
@@ -123,13 +128,16 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
             width = f"sigma={self.sigma_:.4g}, " if self.sigma_ is not None else ""
             print(f"solving the {len(y)} x {len(y)} kernel system ({width}lambda={lam:.1e})", file=sys.stderr)
         self.krr_ = KernelRidge(self.kernel, self.sigma_, self.lam_, self.center).fit(X, y)
+        self.elements_ = training_elements(mols)  # molkrr.applicability: the elements predict accepts
         return self
 
     # ------------------------------------------------------------------ prediction
     def features(self, molecules: Any) -> np.ndarray:
         """The features the KRR sees, z = A x(R): shape (n_molecules, n_components)."""
         check_is_fitted(self)
-        return as_metric(self.metric_).transform(self.representation_.transform(as_molecules(molecules)))
+        mols = as_molecules(molecules)
+        check_elements(self, mols)  # molkrr.applicability: refuse elements not seen in training
+        return as_metric(self.metric_).transform(self.representation_.transform(mols))
 
     def predict(self, molecules: Any) -> np.ndarray:
         """Energies, shape (n_molecules,), in ``energy_unit``."""
@@ -144,6 +152,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         """(energies (n_molecules,), forces: list of (n_atoms_i, 3)) sharing one feature evaluation."""
         check_is_fitted(self)
         mols = as_molecules(molecules)
+        check_elements(self, mols)  # molkrr.applicability: refuse elements not seen in training
         rep, metric, krr = self.representation_, as_metric(self.metric_), self.krr_
         if not getattr(rep, "differentiable", False):
             raise NotDifferentiableError(f"{type(rep).__name__} has no derivative with respect to positions")
@@ -177,7 +186,7 @@ def finite_difference_forces(model: Any, molecule: Any, h: float = 1e-4, *, poin
         raise ShapeMismatchError(f"finite_difference_forces takes one molecule, got {len(mol)}")
     stencils = {2: ((1.0, 0.5), (-1.0, -0.5)), 4: ((2.0, -1 / 12), (1.0, 8 / 12), (-1.0, -8 / 12), (-2.0, 1 / 12))}
     if points not in stencils:
-        raise ValueError(f"points must be 2 or 4, got {points}")
+        raise InvalidInputError(f"points must be 2 or 4, got {points}")
     R = mol.positions
     displaced = []
     for step, _ in stencils[points]:
@@ -206,10 +215,8 @@ def _energies(mols: Molecules, y: Any) -> np.ndarray:
     if y is None:
         if mols.energies is None:
             raise ShapeMismatchError("no energies given: pass y or molecules that carry energies")
-        return mols.energies
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
+        return check_targets(mols.energies)
+    y = check_targets(y).reshape(-1)
     if y.shape[0] != len(mols):
         raise ShapeMismatchError(f"{y.shape[0]} energies for {len(mols)} molecules")
-    if not np.isfinite(y).all():
-        raise ShapeMismatchError("energies contain NaN or infinity")
     return y

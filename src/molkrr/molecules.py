@@ -14,6 +14,8 @@ import numpy as np
 from .errors import (
     CoincidentAtomsError,
     EmptyMoleculeError,
+    IndexOutOfRangeError,
+    InputTypeError,
     InvalidInputError,
     NonFiniteCoordinatesError,
     ShapeMismatchError,
@@ -68,8 +70,8 @@ class Molecules:
         # a wrong shape is kept as is when it cannot be reshaped, so that validation reports it
         self.positions = pos.reshape(-1, 3) if pos.size % 3 == 0 else pos
         self.offsets = _as_int_array(offsets, "offsets")
-        self.energies = None if energies is None else np.array(energies, dtype=np.float64).reshape(-1)
-        self.forces = None if forces is None else np.array(forces, dtype=np.float64)
+        self.energies = None if energies is None else _as_float(energies, "energies").reshape(-1)
+        self.forces = None if forces is None else _as_float(forces, "forces")
         if validate:
             self._validate(np.shape(positions))
         self.numbers.flags.writeable = False
@@ -87,14 +89,19 @@ class Molecules:
         validate: bool = True,
     ) -> "Molecules":
         """Build from one array of atomic numbers and one (n_atoms, 3) array of positions per molecule."""
+        if not _is_sequence(numbers) or not _is_sequence(positions):
+            raise InputTypeError(
+                f"numbers and positions must be sequences (one entry per molecule), got {type(numbers).__name__} "
+                f"and {type(positions).__name__}"
+            )
         if len(numbers) != len(positions):
             raise ShapeMismatchError(f"got {len(numbers)} lists of atomic numbers but {len(positions)} of positions")
         if len(numbers) == 0:
             raise EmptyMoleculeError("no molecules given")
         counts = []
         for i, (z, r) in enumerate(zip(numbers, positions)):
-            z = np.atleast_1d(np.asarray(z))
-            r = np.asarray(r, dtype=np.float64)
+            z = np.atleast_1d(_as_int_array(z, f"molecule {i}: numbers"))
+            r = _as_float(r, f"molecule {i}: positions")
             if r.ndim != 2 or r.shape[1] != 3 or r.shape[0] != z.shape[0]:
                 raise ShapeMismatchError(
                     f"molecule {i}: {z.shape[0]} atomic numbers but positions of shape {r.shape} (expected ({z.shape[0]}, 3))"
@@ -107,14 +114,14 @@ class Molecules:
                 raise ShapeMismatchError(f"got forces for {len(forces)} molecules, expected {len(numbers)}")
             flat_forces = []
             for i, (f, n) in enumerate(zip(forces, counts)):
-                f = np.asarray(f, dtype=np.float64)
+                f = _as_float(f, f"molecule {i}: forces")
                 if f.shape != (n, 3):
                     raise ShapeMismatchError(f"molecule {i}: forces of shape {f.shape}, expected ({n}, 3)")
                 flat_forces.append(f)
             flat_forces = np.concatenate(flat_forces)
         return cls(
-            np.concatenate([np.atleast_1d(np.asarray(z)) for z in numbers]),
-            np.concatenate([np.asarray(r, dtype=np.float64) for r in positions]),
+            np.concatenate([np.atleast_1d(_as_int_array(z, "numbers")) for z in numbers]),
+            np.concatenate([_as_float(r, "positions") for r in positions]),
             offsets,
             energies,
             flat_forces,
@@ -139,7 +146,7 @@ class Molecules:
         energies, forces = [], []
         for a in atoms:
             if not isinstance(a, Atoms):
-                raise TypeError(f"expected ase.Atoms, got {type(a).__name__}")
+                raise InputTypeError(f"expected ase.Atoms, got {type(a).__name__}")
             results = getattr(a.calc, "results", {}) if a.calc is not None else {}
             energies.append(results.get("energy", a.info.get(energy_key)))
             f = results.get("forces", a.arrays.get("forces"))
@@ -204,7 +211,7 @@ class Molecules:
         if isinstance(index, (int, np.integer)):
             n = len(self)
             if not -n <= index < n:
-                raise IndexError(f"molecule index {index} out of range for {n} molecules")
+                raise IndexOutOfRangeError(f"molecule index {index} out of range for {n} molecules")
             idx = np.array([index % n])
         elif isinstance(index, slice):
             idx = np.arange(len(self))[index]
@@ -212,10 +219,10 @@ class Molecules:
             idx = np.asarray(index)
             if idx.dtype == bool:
                 if idx.shape != (len(self),):
-                    raise IndexError(f"boolean mask of shape {idx.shape} for {len(self)} molecules")
+                    raise IndexOutOfRangeError(f"boolean mask of shape {idx.shape} for {len(self)} molecules")
                 idx = np.flatnonzero(idx)
             elif idx.size and not np.issubdtype(idx.dtype, np.integer):
-                raise IndexError(f"molecule indices must be integers or a boolean mask, got dtype {idx.dtype}")
+                raise IndexOutOfRangeError(f"molecule indices must be integers or a boolean mask, got dtype {idx.dtype}")
         return self.subset(idx)
 
     def subset(self, indices: Any) -> "Molecules":
@@ -223,7 +230,7 @@ class Molecules:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self)
         if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"molecule indices must lie in {-n}..{n - 1}, got {idx.min()}..{idx.max()}")
+            raise IndexOutOfRangeError(f"molecule indices must lie in {-n}..{n - 1}, got {idx.min()}..{idx.max()}")
         idx = np.where(idx < 0, idx + n, idx)  # offsets[-1] is the end, not the last molecule's start
         counts = self.n_atoms[idx]
         atom_idx = _ragged_arange(self.offsets[idx], counts)
@@ -301,7 +308,7 @@ class Molecules:
         off = self.offsets
         if off.shape == (1,) and n_total == 0:
             raise EmptyMoleculeError("no molecules given")
-        if off.ndim != 1 or len(off) < 2 or off[0] != 0 or off[-1] != n_total:
+        if off.ndim != 1 or len(off) < 1 or off[0] != 0 or off[-1] != n_total:
             raise ShapeMismatchError(f"offsets must run from 0 to {n_total} with at least one molecule, got {off[:5]}...")
         counts = np.diff(off)
         if np.any(counts <= 0):
@@ -320,12 +327,12 @@ class Molecules:
             if self.energies.shape[0] != len(self):
                 raise ShapeMismatchError(f"{self.energies.shape[0]} energies for {len(self)} molecules")
             if not np.isfinite(self.energies).all():
-                raise ShapeMismatchError("energies contain NaN or infinity")
+                raise InvalidInputError("energies contain NaN or infinity")
         if self.forces is not None:
             if self.forces.shape != (n_total, 3):
                 raise ShapeMismatchError(f"forces must have shape ({n_total}, 3), got {self.forces.shape}")
             if not np.isfinite(self.forces).all():
-                raise ShapeMismatchError("forces contain NaN or infinity")
+                raise InvalidInputError("forces contain NaN or infinity")
         for size, idx in self.by_size().items():
             if size < 2:
                 continue
@@ -341,6 +348,29 @@ class Molecules:
                     f"molecule {int(idx[m])}: atoms {a} and {b} are {np.sqrt(d2[m, a, b]):.3g} Å apart "
                     f"(minimum {MIN_INTERATOMIC_DISTANCE} Å)"
                 )
+
+    def check_structure(self) -> None:
+        """Cheap structural check (O(n_atoms), no distances) run before compiled code reads the batch.
+
+        Batches built with ``validate=False`` skip :meth:`_validate`; the representations' compiled
+        loops index ``numbers``/``positions`` through ``offsets`` and trust nothing else, so the
+        offsets must run from 0 to n_atoms without decreasing, the arrays must agree in length and
+        every atomic number must be an element. Raises ShapeMismatchError or UnknownElementError.
+        """
+        n_total = self.numbers.shape[0]
+        if self.numbers.ndim != 1 or self.positions.ndim != 2 or self.positions.shape != (n_total, 3):
+            raise ShapeMismatchError(
+                f"numbers of shape {self.numbers.shape} and positions of shape {self.positions.shape} do not describe atoms"
+            )
+        off = self.offsets
+        if off.ndim != 1 or len(off) < 1 or off[0] != 0 or off[-1] != n_total or np.any(np.diff(off) < 0):
+            raise ShapeMismatchError(f"offsets must run from 0 to {n_total} without decreasing")
+        if n_total and (self.numbers.min() < 1 or self.numbers.max() > MAX_ATOMIC_NUMBER):
+            bad = int(np.flatnonzero((self.numbers < 1) | (self.numbers > MAX_ATOMIC_NUMBER))[0])
+            raise UnknownElementError(
+                f"atomic number {int(self.numbers[bad])} (molecule {self._molecule_of(bad)}) is not an element "
+                f"(1..{MAX_ATOMIC_NUMBER})"
+            )
 
     def _molecule_of(self, atom: int) -> int:
         return int(np.searchsorted(self.offsets, atom, side="right") - 1)
@@ -358,11 +388,14 @@ def as_molecules(data: Any) -> Molecules:
         Atoms = ()
     if isinstance(data, Atoms) or (isinstance(data, Iterable) and not isinstance(data, (str, bytes, np.ndarray))):
         return Molecules.from_ase(data)
-    raise TypeError(f"expected Molecules or ase.Atoms, got {type(data).__name__}")
+    raise InputTypeError(f"expected Molecules or ase.Atoms, got {type(data).__name__}")
 
 
 def _as_int_array(values: Any, name: str) -> np.ndarray:
-    arr = np.array(values, copy=True)
+    try:
+        arr = np.array(values, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{name} must be a regular array of integers: {str(exc)[:120]}") from None
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         try:
             as_float = arr.astype(np.float64)
@@ -371,6 +404,18 @@ def _as_int_array(values: Any, name: str) -> np.ndarray:
         if not np.all(np.isfinite(as_float)) or not np.all(as_float == np.round(as_float)):
             raise UnknownElementError(f"{name} must be integers, got {values!r:.80}")
     return arr.astype(np.int64).reshape(-1)
+
+
+def _as_float(values: Any, name: str) -> np.ndarray:
+    """values as a float64 array, or InvalidInputError (strings, ragged nesting, objects)."""
+    try:
+        return np.array(values, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{name} must be numbers in a regular array: {str(exc)[:120]}") from None
+
+
+def _is_sequence(value: Any) -> bool:
+    return hasattr(value, "__len__") and hasattr(value, "__getitem__") and not isinstance(value, (str, bytes))
 
 
 def _ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

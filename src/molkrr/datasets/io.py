@@ -10,6 +10,7 @@ ase writes per-atom columns (positions, forces) with 8 decimals (``%16.8f``): a 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError, MolkrrError, ShapeMismatchError
-from ..molecules import Molecules, as_molecules
+from ..errors import DatasetError, InvalidInputError, MolkrrError, ShapeMismatchError, UnknownElementError
+from ..molecules import MAX_ATOMIC_NUMBER, Molecules, as_molecules
 
-__all__ = ["read_sgdml_npz", "read_xyz", "write_xyz"]
+__all__ = ["MAX_ATOMS_PER_FRAME", "read_sgdml_npz", "read_xyz", "write_xyz"]
+
+#: Largest atom count an XYZ frame may declare. Larger molecules are far outside what molkrr's
+#: representations are meant for, and a count line is checked against it (and against the lines the
+#: file holds) before ase allocates anything for the frame.
+MAX_ATOMS_PER_FRAME = 100_000
 
 
 def read_xyz(
@@ -31,6 +37,7 @@ def read_xyz(
     forces_key: str = "forces",
     format: str | None = "extxyz",
     validate: bool = True,
+    require_energies: bool = False,
 ) -> Molecules:
     """Read an XYZ or extended-XYZ file into :class:`Molecules`.
 
@@ -49,6 +56,12 @@ def read_xyz(
         ``ase.io`` format name; ``None`` lets ase guess from the file name.
     validate : bool
         Validate the molecules (finite coordinates, known elements, no coincident atoms).
+    require_energies : bool
+        Every frame must carry an energy (for training): a frame without one is an error naming it.
+
+    Before ase reads an XYZ/extXYZ file, its frames are walked once: every count line must be a
+    whole number from 1 to :data:`MAX_ATOMS_PER_FRAME` that the rest of the file can hold, and every
+    atom line must start with a known element (``unknown element 'Xx' in frame 3`` otherwise).
 
     Returns
     -------
@@ -68,6 +81,9 @@ def read_xyz(
         raise DatasetError(f"cannot read {p}: no such file")
     if p.stat().st_size == 0:
         raise DatasetError(f"cannot read {p}: the file is empty")
+    fmt = format or {".xyz": "xyz", ".extxyz": "extxyz"}.get(p.suffix.lower())
+    if fmt in ("xyz", "extxyz"):
+        _prescan_xyz(p, check_elements=validate)
     try:
         frames = ase.io.read(p, index=index, format=format)
     except Exception as exc:  # ase raises many types (XYZError, ValueError, IndexError, StopIteration, ...)
@@ -76,8 +92,14 @@ def read_xyz(
         frames = [frames]
     if not frames:
         raise DatasetError(f"cannot read {p}: no frames selected by index {index!r}")
-    energies = [_frame_energy(a, energy_key) for a in frames]
+    energies = [_frame_energy(a, energy_key, p, i) for i, a in enumerate(frames)]
     forces = [_frame_forces(a, forces_key) for a in frames]
+    missing = [i for i, e in enumerate(energies) if e is None]
+    if missing and require_energies:
+        raise DatasetError(
+            f"cannot read {p}: frame {missing[0]} has no {energy_key!r} value "
+            f"({len(frames) - len(missing)} of {len(frames)} frames have one)"
+        )
     try:
         return Molecules.from_list(
             [a.numbers for a in frames],
@@ -151,18 +173,21 @@ def read_sgdml_npz(path: str | os.PathLike, *, validate: bool = True) -> Molecul
     p = Path(os.fspath(path))
     if not p.is_file():
         raise DatasetError(f"cannot read {p}: no such file")
+    from ..persistence import read_npz_bounded
+
     try:
-        with np.load(p, allow_pickle=False) as data:
-            if "z" not in data or "R" not in data:
-                raise DatasetError(f"cannot read {p}: not an sGDML data set (needs arrays 'z' and 'R')")
-            z = np.asarray(data["z"])
-            R = np.asarray(data["R"], dtype=np.float64)
-            E = np.asarray(data["E"], dtype=np.float64) if "E" in data else None
-            F = np.asarray(data["F"], dtype=np.float64) if "F" in data else None
-    except DatasetError:
-        raise
-    except Exception as exc:
-        raise DatasetError(f"cannot read {p}: {_one_line(exc)}") from exc
+        data = read_npz_bounded(p)  # member sizes bounded before reading, no pickle
+    except MolkrrError as exc:
+        raise DatasetError(f"cannot read {p}: {_one_line(exc)}") from None
+    if "z" not in data or "R" not in data:
+        raise DatasetError(f"cannot read {p}: not an sGDML data set (needs arrays 'z' and 'R')")
+    try:
+        z = np.asarray(data["z"])
+        R = np.asarray(data["R"], dtype=np.float64)
+        E = np.asarray(data["E"], dtype=np.float64) if "E" in data else None
+        F = np.asarray(data["F"], dtype=np.float64) if "F" in data else None
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"cannot read {p}: arrays z, R, E, F must be numeric ({_one_line(exc)})") from None
     if z.ndim != 1 or R.ndim != 3 or R.shape[1:] != (z.shape[0], 3) or R.shape[0] == 0:
         raise ShapeMismatchError(f"{p}: z of shape {z.shape} and R of shape {R.shape} do not describe frames of one molecule")
     n_frames, n_atoms = R.shape[:2]
@@ -183,18 +208,72 @@ def read_sgdml_npz(path: str | os.PathLike, *, validate: bool = True) -> Molecul
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _frame_energy(atoms: Any, key: str) -> float | None:
+def _frame_energy(atoms: Any, key: str, path: Path, frame: int) -> float | None:
+    """The energy of one frame, None if it has none; InvalidInputError naming the frame if it is not a finite number."""
+    value = None
     if key == "energy" and atoms.calc is not None:
-        e = getattr(atoms.calc, "results", {}).get("energy")
-        if e is not None:
-            return float(e)
-    value = atoms.info.get(key)
+        value = getattr(atoms.calc, "results", {}).get("energy")
+    if value is None:
+        value = atoms.info.get(key)
     if value is None:
         return None
     try:
-        return float(value)
+        e = float(value)
     except (TypeError, ValueError):
-        return None
+        raise InvalidInputError(f"{path}: frame {frame}: {key}={_short(value)} is not a number") from None
+    if not np.isfinite(e):
+        raise InvalidInputError(f"{path}: frame {frame}: {key} is {e}")
+    return e
+
+
+def _prescan_xyz(path: Path, check_elements: bool = True) -> None:
+    """Walk the frames of an XYZ file: count lines bounded and backed by lines, atom lines starting with an element."""
+    from ase.data import atomic_numbers
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"cannot read {path}: not a text file ({_one_line(exc)})") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {_one_line(exc)}") from None
+    lines = text.splitlines()
+    n_lines = len(lines)
+    while n_lines and not lines[n_lines - 1].strip():
+        n_lines -= 1
+    known = {s.lower() for s in atomic_numbers if s != "X"}
+    i, frame = 0, 0
+    while i < n_lines:
+        head = lines[i].split()
+        where = f"{path}: frame {frame} (line {i + 1})"
+        try:
+            n = int(head[0]) if len(head) == 1 else int("x")
+        except (ValueError, IndexError):
+            raise DatasetError(f"cannot read {where}: expected a count line with the number of atoms, got {_short(lines[i])}") from None
+        if not 1 <= n <= MAX_ATOMS_PER_FRAME:
+            raise DatasetError(f"cannot read {where}: the count line declares {n} atoms (allowed: 1..{MAX_ATOMS_PER_FRAME})")
+        if i + 2 + n > n_lines:
+            raise DatasetError(
+                f"cannot read {where}: the count line declares {n} atoms but only {max(n_lines - i - 2, 0)} lines follow"
+            )
+        comment = lines[i + 1]
+        species_first = check_elements and "properties=" not in comment.lower() or re.search(r"properties=[\"']?species:s:1", comment.lower())
+        for k in range(i + 2, i + 2 + n) if species_first else ():
+            token = lines[k].split(None, 1)
+            symbol = token[0] if token else ""
+            if symbol.lower() in known:
+                continue
+            if symbol.lstrip("+-").isdigit() and 1 <= int(symbol) <= MAX_ATOMIC_NUMBER:
+                continue
+            raise UnknownElementError(f"{path}: unknown element {_short(symbol)} in frame {frame} (line {k + 1})")
+        i += 2 + n
+        frame += 1
+    if frame == 0:
+        raise DatasetError(f"cannot read {path}: no frames (the file holds only blank lines)")
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _frame_forces(atoms: Any, key: str) -> np.ndarray | None:

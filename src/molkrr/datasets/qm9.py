@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError, MolkrrError
+from ..errors import DatasetError, InvalidInputError, MolkrrError
 from ..molecules import Molecules
 
 __all__ = [
@@ -161,7 +161,7 @@ class QM9Table:
         found = self.index[order][pos] == ids
         if not found.all():
             missing = ids[~found][:5].tolist()
-            raise ValueError(f"QM9 identifiers not in the data set (excluded or out of range): {missing}")
+            raise InvalidInputError(f"QM9 identifiers not in the data set (excluded or out of range): {missing}")
         return order[pos]
 
     def molecules(self, rows: Any = None, *, energies: Any = None, validate: bool = True) -> Molecules:
@@ -244,24 +244,24 @@ def load_qm9(
     _unit_factor(unit)
     selectors = sum(x is not None for x in (n, indices, ids))
     if selectors > 1:
-        raise ValueError("give at most one of n, indices and ids")
+        raise InvalidInputError("give at most one of n, indices and ids")
     table = load_qm9_table(cache=cache, cache_dir=cache_dir, progress=progress)
     total = len(table)
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 < n <= total:
-            raise ValueError(f"n must be an integer in 1..{total}, got {n!r}")
+            raise InvalidInputError(f"n must be an integer in 1..{total}, got {n!r}")
         rows = np.random.default_rng(seed).permutation(total)[: int(n)]
     elif indices is not None:
         rows = np.asarray(indices)
         if rows.size == 0 or not np.issubdtype(rows.dtype, np.integer):
-            raise ValueError("indices must be a non-empty sequence of integers")
+            raise InvalidInputError("indices must be a non-empty sequence of integers")
         rows = rows.astype(np.int64).reshape(-1)
         if rows.min() < -total or rows.max() >= total:
-            raise ValueError(f"indices must lie in -{total}..{total - 1}")
+            raise InvalidInputError(f"indices must lie in -{total}..{total - 1}")
         rows = rows % total
     elif ids is not None:
         if np.size(ids) == 0:
-            raise ValueError("ids must be a non-empty sequence of integers")
+            raise InvalidInputError("ids must be a non-empty sequence of integers")
         rows = table.rows_of_ids(ids)
     else:
         rows = np.arange(total)
@@ -310,14 +310,14 @@ def qm9_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 def _check_property(name: str) -> str:
     key = _ALIASES.get(str(name).lower(), str(name).lower())
     if key not in PROPERTIES:
-        raise ValueError(f"unknown QM9 property {name!r}; choose one of {', '.join(PROPERTIES)}")
+        raise InvalidInputError(f"unknown QM9 property {name!r}; choose one of {', '.join(PROPERTIES)}")
     return key
 
 
 def _unit_factor(unit: str) -> float:
     key = _UNIT_ALIASES.get(str(unit).lower())
     if key is None:
-        raise ValueError(f"unknown energy unit {unit!r}; choose one of {', '.join(UNITS)}")
+        raise InvalidInputError(f"unknown energy unit {unit!r}; choose one of {', '.join(UNITS)}")
     return _unit_factors()[key]
 
 
@@ -454,7 +454,7 @@ def _read_cache(path: Path, key: str) -> QM9Table | None:
             and np.isfinite(arrays["positions"]).all()
         )
         if not ok:
-            raise ValueError("inconsistent array shapes")
+            raise InvalidInputError("inconsistent array shapes")
     except Exception as exc:  # any unreadable cache is rebuilt, never trusted
         warnings.warn(f"ignoring unreadable QM9 cache {path} ({type(exc).__name__}: {exc}); rebuilding it", UserWarning,
                       stacklevel=3)

@@ -30,7 +30,9 @@ def make_representation(name: str, **params: Any) -> Representation:
         from .fchl19 import FCHL19
 
         return FCHL19(form="atomic", **params)
-    raise ValueError(f"unknown representation {name!r}; choose one of {', '.join(REPRESENTATIONS)}")
+    from ..errors import InvalidInputError
+
+    raise InvalidInputError(f"unknown representation {name!r}; choose one of {', '.join(REPRESENTATIONS)}")
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing numba kernels only when a class is used

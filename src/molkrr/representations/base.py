@@ -62,7 +62,9 @@ class Representation(TransformerMixin, BaseEstimator):
     # -------------------------------------------------------------- helpers for subclasses
     def _check_input(self, molecules: Any) -> Molecules:
         check_is_fitted(self)
-        return as_molecules(molecules)
+        mols = as_molecules(molecules)
+        mols.check_structure()  # compiled loops index through offsets: never trust a batch built unchecked
+        return mols
 
     def _check_cotangent(self, molecules: Molecules, G: Any) -> np.ndarray:
         G = np.asarray(G, dtype=np.float64)

@@ -38,7 +38,8 @@ import numpy as np
 from numba import njit
 from sklearn.utils.validation import check_is_fitted
 
-from ..errors import RepresentationSizeError, ShapeMismatchError, UnknownElementError
+from .._validation import check_int
+from ..errors import InvalidInputError, RepresentationSizeError, ShapeMismatchError, UnknownElementError
 from ..molecules import MAX_ATOMIC_NUMBER, Molecules, as_molecules
 from .base import Representation
 
@@ -85,9 +86,7 @@ class BagOfBonds(Representation):
     def fit(self, molecules: Any, y: Any = None) -> "BagOfBonds":
         """Learn elements and bag sizes from ``molecules`` (where not given); returns self."""
         mols = as_molecules(molecules)
-        pad = self.bag_padding
-        if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-            raise ValueError(f"bag_padding must be a non-negative integer, got {pad!r}")
+        pad = check_int(self.bag_padding, "bag_padding", 0)
         elements, sizes = _parse_params(self.elements, self.bag_sizes)
         present = np.unique(mols.numbers)
         if elements is None:
@@ -128,7 +127,7 @@ class BagOfBonds(Representation):
         mols = self._check_input(molecules)
         G = np.ascontiguousarray(self._check_cotangent(mols, G))
         if not np.isfinite(G).all():
-            raise ShapeMismatchError("cotangent G contains NaN or infinity")
+            raise InvalidInputError("cotangent G contains NaN or infinity")
         e, lay = self._prepare(mols)
         grad = _bob_vjp(mols.numbers, np.ascontiguousarray(mols.positions), mols.offsets, e, lay[2], G)
         return mols.split_atoms(grad)
@@ -186,11 +185,14 @@ class BagOfBonds(Representation):
         key = (self.elements_.tobytes(), self.bag_sizes_.tobytes())
         cache = getattr(self, "_layout_cache", None)
         if cache is None or cache[0] != key:
+            _check_fitted_bags(self.elements_, self.bag_sizes_)
             lay = _layout(self.elements_, self.bag_sizes_)
             lut = np.full(MAX_ATOMIC_NUMBER + 1, -1, dtype=np.int64)
             lut[self.elements_[lay[0]]] = np.arange(len(lay[0]))
             self._layout_cache = cache = (key, lay, lut)
         _, lay, lut = cache
+        if self.n_features_ != lay[3]:  # the compiled vjp reads G up to the layout's size
+            raise RepresentationSizeError(f"n_features_={self.n_features_!r} does not match the bags ({lay[3]}); fit again")
         e, bad_mol, bad_atom = _element_index(mols.numbers, mols.offsets, lut, self.bag_sizes_[lay[0]])
         if bad_atom >= 0:
             raise UnknownElementError(
@@ -358,6 +360,19 @@ def _layout(elements: np.ndarray, sizes: np.ndarray):
     return order, diag_start, pair_start, int(pos)
 
 
+def _check_fitted_bags(elements: np.ndarray, sizes: np.ndarray) -> None:
+    """elements_ distinct ascending atomic numbers, bag_sizes_ non-negative and aligned (compiled code indexes by them)."""
+    elements, sizes = np.asarray(elements), np.asarray(sizes)
+    if (
+        elements.ndim != 1 or elements.size == 0 or elements.dtype.kind not in "iu" or sizes.shape != elements.shape
+        or sizes.dtype.kind not in "iu" or elements.min() < 1 or elements.max() > MAX_ATOMIC_NUMBER
+        or np.any(np.diff(elements) <= 0) or sizes.min() < 0
+    ):
+        raise RepresentationSizeError(
+            f"fitted elements_ {elements.tolist()[:10]} and bag_sizes_ {sizes.tolist()[:10]} are inconsistent; fit again"
+        )
+
+
 def _element_counts(numbers: np.ndarray, offsets: np.ndarray, elements: np.ndarray) -> np.ndarray:
     """(n_molecules, k) number of atoms of each of ``elements`` per molecule."""
     mol = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
@@ -392,22 +407,22 @@ def _parse_params(elements: Any, bag_sizes: Any) -> tuple[np.ndarray | None, np.
             elements = [elements]
         els = [_to_number(e) for e in elements]
         if len(els) == 0:
-            raise ValueError("elements must not be empty")
+            raise InvalidInputError("elements must not be empty")
         if len(set(els)) != len(els):
-            raise ValueError(f"elements contains duplicates: {elements!r}")
+            raise InvalidInputError(f"elements contains duplicates: {elements!r}")
     sizes = None
     if bag_sizes is not None:
         if isinstance(bag_sizes, dict):
             pairs = {_to_number(k): v for k, v in bag_sizes.items()}
             if len(pairs) != len(bag_sizes):
-                raise ValueError(f"bag_sizes names an element twice: {bag_sizes!r}")
+                raise InvalidInputError(f"bag_sizes names an element twice: {bag_sizes!r}")
             if els is not None and set(els) != set(pairs):
-                raise ValueError(f"bag_sizes keys {sorted(pairs)} differ from elements {sorted(els)}")
+                raise InvalidInputError(f"bag_sizes keys {sorted(pairs)} differ from elements {sorted(els)}")
             els = list(pairs)
             sizes = [pairs[z] for z in els]
         else:
             if els is None:
-                raise ValueError("bag_sizes given as a sequence needs elements (or pass a dict {element: size})")
+                raise InvalidInputError("bag_sizes given as a sequence needs elements (or pass a dict {element: size})")
             sizes = list(np.atleast_1d(bag_sizes))
             if len(sizes) != len(els):
                 raise ShapeMismatchError(f"{len(sizes)} bag sizes for {len(els)} elements")
@@ -417,7 +432,7 @@ def _parse_params(elements: Any, bag_sizes: Any) -> tuple[np.ndarray | None, np.
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                raise ValueError(f"bag sizes must be non-negative integers, got {bag_sizes!r}")
+                raise InvalidInputError(f"bag sizes must be non-negative integers, got {bag_sizes!r}")
     if els is None:
         return None, None
     order = np.argsort(els)

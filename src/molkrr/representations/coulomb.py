@@ -41,11 +41,12 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from .._validation import check_choice, check_int
 from ..errors import (
     CoincidentAtomsError,
+    InvalidInputError,
     NonFiniteCoordinatesError,
     RepresentationSizeError,
-    ShapeMismatchError,
 )
 from ..molecules import MIN_INTERATOMIC_DISTANCE, Molecules, as_molecules
 from .base import Representation
@@ -144,7 +145,7 @@ class CoulombMatrix(Representation):
         mols = self._checked(molecules)
         G = self._check_cotangent(mols, G)
         if not np.isfinite(G).all():
-            raise ShapeMismatchError("cotangent G contains NaN or infinity")
+            raise InvalidInputError("cotangent G contains NaN or infinity")
         out: list[np.ndarray] = [np.empty(0)] * len(mols)
         for n, idx in mols.by_size().items():
             for chunk in _chunks(idx, n):
@@ -214,14 +215,13 @@ class CoulombMatrix(Representation):
 
     # ------------------------------------------------------------------ helpers
     def _check_params(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        check_choice(self.variant, "variant", VARIANTS)
         if self.size is not None:
-            if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size < 1:
-                raise ValueError(f"size must be a positive integer or None, got {self.size!r}")
+            check_int(self.size, "size", 1)
 
     def _checked(self, molecules: Any) -> Molecules:
         mols = self._check_input(molecules)
+        self._check_fitted_sizes()
         if not np.isfinite(mols.positions).all():  # possible with Molecules(..., validate=False)
             raise NonFiniteCoordinatesError("positions contain NaN or infinity")
         too_big = mols.n_atoms > self.size_
@@ -232,6 +232,18 @@ class CoulombMatrix(Representation):
                 f"size_={self.size_}; fit on larger molecules or pass a larger size"
             )
         return mols
+
+    def _check_fitted_sizes(self) -> None:
+        """The compiled loops write size_(size_+1)/2 features per row: n_features_ must be exactly that."""
+        size = self.size_
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise RepresentationSizeError(f"size_ must be a positive integer, got {size!r}; fit again")
+        expected = size if self.variant == "eigenvalues" else size * (size + 1) // 2
+        if self.n_features_ != expected or self.variant not in VARIANTS:
+            raise RepresentationSizeError(
+                f"n_features_={self.n_features_!r} does not match variant={self.variant!r} and size_={size} "
+                f"({expected} features); fit again"
+            )
 
     def _cotangent_on_matrix(self, C: np.ndarray, G: np.ndarray) -> np.ndarray:
         """Γ = ∂E/∂C (m, n, n) from G = ∂E/∂X (m, n_features_) for molecules with matrices C."""

@@ -56,7 +56,8 @@ import numpy as np
 from numba import njit
 from sklearn.exceptions import NotFittedError
 
-from ..errors import ShapeMismatchError, UnknownElementError
+from .._validation import check_choice, check_finite, check_int, check_positive
+from ..errors import InvalidInputError, ShapeMismatchError, UnknownElementError
 from ..molecules import MAX_ATOMIC_NUMBER, Molecules, as_molecules
 from .base import Representation
 
@@ -480,6 +481,13 @@ def _fchl19_jacobian(eidx, pos, rows, J, n_el, Rs2, Rs3, eta2, eta3, ang_pref, r
 
 
 # ---------------------------------------------------------------------------------------- estimator
+#: Parameter bounds (far outside any useful setting): within them the features and their gradients
+#: stay finite for molecules of atoms at least MIN_INTERATOMIC_DISTANCE apart.
+_MAX_BASIS = 1000  # nRs2, nRs3, nFourier
+_MAX_WIDTH = 1e3  # eta2, eta3 and the cutoffs rcut, acut (Å)
+_MAX_WEIGHT = 1e3  # zeta, the decay powers and the three-body weight
+
+
 class FCHL19(Representation):
     """FCHL19 (FCHL-ACSF) representation, qmllib's definition; see the module docstring.
 
@@ -578,7 +586,7 @@ class FCHL19(Representation):
         if G.shape != (n_rows, self.n_features_):
             raise ShapeMismatchError(f"cotangent G must have shape ({n_rows}, {self.n_features_}), got {G.shape}")
         if not np.isfinite(G).all():
-            raise ShapeMismatchError("cotangent G contains NaN or infinity")
+            raise InvalidInputError("cotangent G contains NaN or infinity")
         grad = np.zeros((len(mols.numbers), 3))
         _fchl19_vjp(eidx, mols.positions, mols.offsets, rows, np.ascontiguousarray(G), grad,
                     *self._kernel_params())
@@ -606,26 +614,22 @@ class FCHL19(Representation):
 
     # ------------------------------------------------------------------ helpers
     def _check_params(self) -> None:
-        if self.form not in ("global", "atomic"):
-            raise ValueError(f"form must be 'global' or 'atomic', got {self.form!r}")
+        check_choice(self.form, "form", ("global", "atomic"))
         for name in ("nRs2", "nRs3", "nFourier"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            check_int(getattr(self, name), name, 1, _MAX_BASIS)
         for name in ("eta2", "eta3", "rcut", "acut"):
-            v = getattr(self, name)
-            if not np.isfinite(v) or v <= 0:
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
+            if check_positive(getattr(self, name), name) > _MAX_WIDTH:
+                raise InvalidInputError(f"{name} must be at most {_MAX_WIDTH:g}, got {getattr(self, name)!r}")
         for name in ("zeta", "two_body_decay", "three_body_decay", "three_body_weight"):
-            if not np.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+            if abs(check_finite(getattr(self, name), name)) > _MAX_WEIGHT:
+                raise InvalidInputError(f"{name} must lie in ±{_MAX_WEIGHT:g}, got {getattr(self, name)!r}")
         try:
             el = np.asarray(list(self.elements))
         except TypeError:
-            raise ValueError(f"elements must be a list of atomic numbers, got {self.elements!r}") from None
+            raise InvalidInputError(f"elements must be a list of atomic numbers, got {self.elements!r}") from None
         if (el.ndim != 1 or el.size == 0 or not np.issubdtype(el.dtype, np.integer)
                 or np.any(el < 1) or np.any(el > MAX_ATOMIC_NUMBER) or len(np.unique(el)) != el.size):
-            raise ValueError(f"elements must be distinct atomic numbers 1..{MAX_ATOMIC_NUMBER}, got {self.elements!r}")
+            raise InvalidInputError(f"elements must be distinct atomic numbers 1..{MAX_ATOMIC_NUMBER}, got {self.elements!r}")
 
     def _element_indices(self, mols: Molecules) -> np.ndarray:
         """Index of each atom's element in elements_; UnknownElementError for any other element."""
@@ -656,6 +660,9 @@ class FCHL19(Representation):
         key = (repr([getattr(self, name) for name in _PARAM_NAMES]), self.elements_.tobytes())
         cache = getattr(self, "_kernel_cache", None)
         if cache is None or cache[0] != key:
+            el = np.asarray(self.elements_)
+            if el.ndim != 1 or el.size == 0 or el.dtype.kind not in "iu" or el.min() < 1 or el.max() > MAX_ATOMIC_NUMBER:
+                raise UnknownElementError(f"fitted elements_ {el.tolist()[:10]} are not atomic numbers 1..{MAX_ATOMIC_NUMBER}")
             n_el = len(self.elements_)
             size = n_el * self.nRs2 + n_el * (n_el + 1) // 2 * self.nRs3 * 2 * self.nFourier
             if size != self.n_features_:
