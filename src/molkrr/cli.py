@@ -82,7 +82,7 @@ def _make_model(representation, kernel, sigma, lam, unit, metric=None, qm9=False
     extra = {}
     if targets != "energy":
         if "targets" not in MolecularKRR._get_param_names():
-            raise click.UsageError(f"--targets {targets}: this molkrr trains on energies only (use --targets energy)")
+            raise click.ClickException(f"--targets {targets}: this molkrr trains on energies only (use --targets energy)")
         extra["targets"] = targets
     rep = make_representation(representation, **(representation_params(representation) if qm9 else {}))
     return MolecularKRR(rep, kernel=kernel, sigma=sigma, lam=lam, metric=metric, energy_unit=unit, **extra)
@@ -193,16 +193,13 @@ def _load_frame_sets(path, train_file, valid_file, test_file, split, n_train, n_
     from .datasets import block_split
 
     if train_file:
-        train_set, unit = _read_frames_for_cli(train_file, unit, energy_key)
-        if n_train:
-            train_set = train_set[np.round(np.linspace(0, len(train_set) - 1, min(n_train, len(train_set)))).astype(int)]
-        sets = [None if f is None else _read_frames_for_cli(f, unit, energy_key)[0] for f in (valid_file, test_file)]
-        valid_set, test_set = sets
-        if valid_set is not None and n_valid:
-            valid_set = valid_set[: n_valid]
-        if test_set is not None and n_test:
-            test_set = test_set[: n_test]
-        return train_set, valid_set, test_set, unit
+        train_set, unit = _read_frames_for_cli(train_file, unit, energy_key)  # fixes the unit for the others
+        valid_set, test_set = (None if f is None else _read_frames_for_cli(f, unit, energy_key)[0] for f in (valid_file, test_file))
+
+        def evenly(mols, k):  # k frames evenly spaced through the file (all when k is None or 0)
+            return mols if mols is None or not k or k >= len(mols) else mols[np.round(np.linspace(0, len(mols) - 1, k)).astype(int)]
+
+        return evenly(train_set, n_train), evenly(valid_set, n_valid), evenly(test_set, n_test), unit
     mols, unit = _read_frames_for_cli(path, unit, energy_key)
     if split == "block":
         if n_valid is None:  # the whole validation block when sigma or lambda is to be selected, else none
