@@ -340,9 +340,9 @@ def test_targets_need_forces_and_force_training(md_files, tmp_path):
         assert out.exit_code != 0 and "--targets forces" in out.output
 
 
-def test_demo_md_runs_small():
-    out = _run(["demo-md", "--n-train", 40, "--n-valid", 20, "--n-test", 20, "--representation", "cm-unsorted",
-                "--nve-steps", 4, "-q"])
+def test_demo_md_runs_small(md_files):
+    out = _run(["demo-md", "--data", md_files / "eth.npz", "--n-train", 40, "--n-valid", 20, "--n-test", 20,
+                "--representation", "cm-unsorted", "--nve-steps", 4, "-q"])
     assert out.exit_code == 0, out.output
     for text in ("held-out energy MAE", "held-out force MAE", "predicting zero force", "NVE through MolkrrCalculator"):
         assert text in out.output
