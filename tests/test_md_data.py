@@ -355,3 +355,24 @@ def test_md_command_writes_extxyz_and_npz(tmp_path):
         assert out.exit_code == 0, out.output
         mols, unit = read_frames(tmp_path / name)
         assert unit == "eV" and len(mols) == 3 and mols.forces is not None
+
+
+def test_missing_tblite_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tblite.ase", None)  # import fails as if tblite were not installed
+    with pytest.raises(DatasetError, match=r"molkrr\[md\]"):
+        run_langevin("water", n_frames=1)
+
+
+def test_md_starts_from_an_xyz_file(tmp_path):
+    start = tmp_path / "start.xyz"
+    water = builtin_molecule("water")
+    water.positions += 0.05  # any geometry
+    ase.io.write(start, water)
+    frames = run_langevin(start, n_frames=1, stride=1, equilibration=0, calculator=EMT())
+    assert frames[0].get_chemical_formula() == "H2O"
+    with pytest.raises(DatasetError, match="cannot read"):
+        bad = tmp_path / "bad.xyz"
+        bad.write_text("garbage\n")
+        run_langevin(bad, n_frames=1, calculator=EMT())
