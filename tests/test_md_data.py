@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 
 import ase.io
 import numpy as np
@@ -81,6 +82,9 @@ def test_sgdml_round_trip_records_units_and_md5(tmp_path):
     mols = molkrr.Molecules(np.tile(z, 4), R.reshape(-1, 3), np.arange(5) * 3, E, F.reshape(-1, 3))
     path = tmp_path / "w.npz"
     write_sgdml_npz(path, mols, energy_unit="kcal/mol", theory="test")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as any file the user writes (not a temp file's 0600)
     with np.load(path, allow_pickle=False) as d:
         assert str(d["type"]) == "d" and str(d["e_unit"]) == "kcal/mol" and str(d["r_unit"]) == "Ang"
         assert d["E"].shape == (4, 1) and d["F"].shape == (4, 3, 3) and d["z"].tolist() == [8, 1, 1]

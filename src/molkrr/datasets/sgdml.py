@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -182,18 +181,16 @@ def write_sgdml_npz(
     }
     dataset["md5"] = np.array(_sgdml_md5(dataset))
     p = Path(os.fspath(path))
-    tmp_name = None
+    tmp = p.with_name(p.name + ".tmp")  # a plain open(): the file gets the usual permissions (mkstemp's are 0600)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp.npz", dir=p.parent if str(p.parent) else ".")
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **dataset)
-        os.replace(tmp_name, p)
-        tmp_name = None
+        os.replace(tmp, p)
     except OSError as exc:
         raise DatasetError(f"cannot write {p}: {_one_line(exc)}") from exc
     finally:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        if tmp.exists():
+            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------------------------- helpers
