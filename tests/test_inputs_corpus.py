@@ -130,7 +130,7 @@ def _cli_args(case: dict, tmp_path: Path) -> list[str] | None:
         return ["predict", str(GOOD / "model_cm.npz"), path, "-q"]
     if target == "train":
         extra = ["--n-train", str(case["n_train"])] if "n_train" in case else []
-        return ["train", "--xyz", path, "--sigma", "20", "-o", str(tmp_path / "m.npz"), "-q", *extra]
+        return ["train", "--xyz", path, "--unit", "eV", "--sigma", "20", "-o", str(tmp_path / "m.npz"), "-q", *extra]
     return None
 
 
@@ -191,7 +191,7 @@ def test_crlf_and_lf_files_read_the_same():
 
 
 def test_training_on_crlf_file_through_the_cli(tmp_path):
-    out = CliRunner().invoke(cli, ["train", "--xyz", str(GOOD / "train_crlf.extxyz"), "--sigma", "20",
+    out = CliRunner().invoke(cli, ["train", "--xyz", str(GOOD / "train_crlf.extxyz"), "--unit", "eV", "--sigma", "20",
                                    "-o", str(tmp_path / "m.npz"), "-q"])
     assert out.exit_code == 0, out.output
     assert "trained on 14 molecules" in out.output

@@ -11,6 +11,7 @@ import functools
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -93,14 +94,23 @@ def _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, s
     return mols[:n_train], (mols[n_train:] if n_test else None), unit
 
 
-def _make_model(representation, kernel, sigma, lam, unit, metric=None, qm9=False):
-    """A MolecularKRR; for QM9 the representation is sized to hold every QM9 molecule."""
+def _make_model(representation, kernel, sigma, lam, unit, metric=None, qm9=False, targets="energy"):
+    """A MolecularKRR; for QM9 the representation is sized to hold every QM9 molecule.
+
+    ``targets`` other than "energy" is passed on (MolecularKRR's force training); a MolecularKRR without
+    that parameter is refused with an error naming --targets.
+    """
     from .datasets.qm9 import representation_params
     from .model import MolecularKRR
     from .representations import make_representation
 
+    extra = {}
+    if targets != "energy":
+        if "targets" not in MolecularKRR._get_param_names():
+            raise click.ClickException(f"--targets {targets}: this molkrr trains on energies only (use --targets energy)")
+        extra["targets"] = targets
     rep = make_representation(representation, **(representation_params(representation) if qm9 else {}))
-    return MolecularKRR(rep, kernel=kernel, sigma=sigma, lam=lam, metric=metric, energy_unit=unit)
+    return MolecularKRR(rep, kernel=kernel, sigma=sigma, lam=lam, metric=metric, energy_unit=unit, **extra)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -121,14 +131,24 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 
 @cli.command()
 @click.option("--dataset", type=click.Choice(["qm9"]), help="Train on QM9 (offline, from the qm9pack package).")
-@click.option("--xyz", type=click.Path(dir_okay=False), help="Train on an (extended) XYZ file with energies.")
+@click.option("--xyz", type=click.Path(dir_okay=False), help="Train on an (extended) XYZ file with energies (split at random unless --split block).")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="Train on labelled frames: sGDML/MD17 .npz or extended XYZ (split in blocks of frames unless --split random).")
+@click.option("--train", "train_file", type=click.Path(dir_okay=False), help="Training frames (.npz or extended XYZ), with --valid/--test files.")
+@click.option("--valid", "valid_file", type=click.Path(dir_okay=False), help="Validation frames: select sigma and lambda on them.")
+@click.option("--test", "test_file", type=click.Path(dir_okay=False), help="Test frames: report energy (and force) MAE on them.")
+@click.option("--split", type=click.Choice(["auto", "random", "block"]), default="auto", show_default=True,
+              help="Split of --data/--xyz: 'block' trains on the first 2/3 of the frames and validates/tests on later "
+                   "blocks (MD trajectories: consecutive frames are correlated); 'auto' is block for --data, random for --xyz.")
 @click.option("--energy-key", default="energy", show_default=True, help="extXYZ info key holding the energy.")
-@click.option("--n-train", type=click.IntRange(2), help="Training molecules (required for QM9; XYZ: default all frames "
-              "not held out). Asking for more than the data holds is an error, never a silent cut.")
-@click.option("--n-test", type=click.IntRange(0), default=0, show_default=True,
-              help="Held-out molecules to report MAE on (counted against the data, like --n-train).")
+@click.option("--n-train", type=click.IntRange(2), help="Training molecules (required for QM9; default: the whole training "
+              "block/file). Asking for more than the data holds is an error, never a silent cut.")
+@click.option("--n-valid", type=click.IntRange(0), help="Validation frames for selecting sigma and lambda (block split: default the whole validation block when they are to be selected).")
+@click.option("--n-test", type=click.IntRange(0), help="Held-out molecules to report MAE on (random split/QM9: default 0; block split: default the whole test block).")
 @click.option("--property", "prop", default="atomization_energy", show_default=True, help="QM9 target.")
-@click.option("--unit", default=None, help="Energy unit. QM9: Ha, eV or kcal/mol (default kcal/mol); XYZ: the unit the file is in (recorded with the model).")
+@click.option("--unit", default=None, help="Energy unit. QM9: Ha, eV or kcal/mol (default kcal/mol). Files: required when the file does not record its unit (MD17 .npz: kcal/mol); converts when it does.")
+@click.option("--targets", type=click.Choice(["energy", "energy+forces", "forces"]), default="energy", show_default=True,
+              help="What to train on (forces need a file with forces).")
 @_rep_option
 @_kernel_option
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), help="Kernel width; selected automatically if omitted.")
@@ -137,17 +157,38 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default="model.npz", show_default=True)
 @_quiet_option
 @_friendly
-def train(dataset, xyz, energy_key, n_train, n_test, prop, unit, representation, kernel, sigma, lam, seed, output, quiet):
+def train(dataset, xyz, data, train_file, valid_file, test_file, split, energy_key, n_train, n_valid, n_test, prop, unit,
+          targets, representation, kernel, sigma, lam, seed, output, quiet):
     """Train a model and save it (npz + JSON header, no pickle).
 
-    With --xyz every frame must carry a finite energy of magnitude at most 1e100 (an error names the
+    Every training frame must carry a finite energy of magnitude at most 1e100 (an error names the
     first frame that does not); the model records the elements it was trained on and predict refuses
     others unless --allow-element is given.
     """
     if sigma is not None and lam is None:
         lam = 1e-8
-    train_set, test_set, unit = _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, seed, quiet)
-    model = _make_model(representation, kernel, sigma, lam, unit, qm9=dataset == "qm9")
+    sources = [name for name, v in (("--dataset", dataset), ("--xyz", xyz), ("--data", data), ("--train", train_file)) if v]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one of --dataset qm9, --xyz FILE, --data FILE or --train FILE")
+    if (valid_file or test_file) and not train_file:
+        raise click.UsageError("--valid and --test go with --train FILE")
+    if dataset is not None:
+        if targets != "energy":
+            raise click.UsageError(f"--targets {targets}: QM9 has no forces (use --targets energy)")
+        train_set, test_set, unit = _load_training_data(dataset, None, n_train, n_test, prop, unit, energy_key, seed, quiet)
+        valid_set = None
+    else:
+        train_set, valid_set, test_set, unit = _load_frame_sets(
+            xyz or data, train_file, valid_file, test_file, ("random" if xyz else "block") if split == "auto" else split,
+            n_train, n_valid, n_test, unit, energy_key, seed, need_valid=sigma is None or lam is None,
+        )
+        if targets != "energy" and train_set.forces is None:
+            raise click.ClickException(
+                f"--targets {targets}: {train_file or xyz or data} has no forces to train on (use --targets energy)"
+            )
+    if valid_set is not None and (sigma is None or lam is None) and targets == "energy":
+        sigma, lam = _select_on_validation(train_set, valid_set, representation, kernel, sigma, lam, unit, quiet)
+    model = _make_model(representation, kernel, sigma, lam, unit, qm9=dataset == "qm9", targets=targets)
     t0 = time.perf_counter()
     model.fit(train_set, progress=not quiet)
     seconds = time.perf_counter() - t0
@@ -156,35 +197,131 @@ def train(dataset, xyz, energy_key, n_train, n_test, prop, unit, representation,
         f"sigma={model.sigma_:.4g}, lambda={model.lam_:.1e})"
     )
     if test_set is not None and len(test_set):
-        pred = model.predict(test_set)
-        mae = float(np.mean(np.abs(pred - test_set.energies)))
-        click.echo(f"test MAE on {len(test_set)} molecules: {mae:.4g} {model.energy_unit or ''}".rstrip())
+        _report_test_errors(model, test_set, unit)
     model.save(output)
     click.echo(f"model written to {output}")
 
 
+# ----------------------------------------------------------------------------- labelled frames: splits, units
+def _read_frames_for_cli(path, unit, energy_key):
+    """read_frames, with the missing-unit error naming --unit."""
+    from .datasets.frames import MissingUnitError, read_frames
+
+    try:
+        mols, unit = read_frames(path, unit=unit, energy_key=energy_key, require_energies=True)
+    except MissingUnitError:
+        raise click.ClickException(
+            f"{path} does not record the unit of its energies: give --unit (e.g. --unit eV; MD17 .npz files: --unit kcal/mol)"
+        ) from None
+    if mols.energies is None:
+        raise click.ClickException(f"{path}: frames carry no energies to train on")
+    return mols, unit
+
+
+def _load_frame_sets(path, train_file, valid_file, test_file, split, n_train, n_valid, n_test, unit, energy_key, seed,
+                     need_valid):
+    """(train, valid or None, test or None, unit) from one split file or from explicit --train/--valid/--test files."""
+    from .datasets import block_split
+
+    if train_file:
+        train_set, unit = _read_frames_for_cli(train_file, unit, energy_key)  # fixes the unit for the others
+        valid_set, test_set = (None if f is None else _read_frames_for_cli(f, unit, energy_key)[0] for f in (valid_file, test_file))
+
+        def evenly(mols, k):  # k frames evenly spaced through the file (all when k is None or 0)
+            if mols is not None and k and k > len(mols):
+                raise click.ClickException(f"asked for {k} frames but the file holds {len(mols)}")
+            return mols if mols is None or not k or k >= len(mols) else mols[np.round(np.linspace(0, len(mols) - 1, k)).astype(int)]
+
+        return evenly(train_set, n_train), evenly(valid_set, n_valid), evenly(test_set, n_test), unit
+    mols, unit = _read_frames_for_cli(path, unit, energy_key)
+    if len(mols) < 2:
+        raise click.ClickException(f"{path} holds {len(mols)} frames; training needs at least 2")
+    if split == "block":
+        if n_valid is None:  # the whole validation block when sigma or lambda is to be selected, else none
+            n_valid = None if need_valid else 0
+        train, valid, test = block_split(len(mols), n_train, n_valid, n_test)
+        return mols[train], (mols[valid] if len(valid) else None), (mols[test] if len(test) else None), unit
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(mols))
+    n_test = min(n_test or 0, len(mols) - 1)
+    n_valid = min(n_valid or 0, len(mols) - 1 - n_test)
+    test, valid, train = perm[:n_test], perm[n_test : n_test + n_valid], perm[n_test + n_valid :]
+    if n_train and n_train > len(train):
+        raise click.ClickException(f"--n-train {n_train}: only {len(train)} frames are left after the held-out ones")
+    if n_train:
+        train = train[:n_train]
+    return mols[train], (mols[valid] if n_valid else None), (mols[test] if n_test else None), unit
+
+
+def _select_on_validation(train_set, valid_set, representation, kernel, sigma, lam, unit, quiet):
+    """(sigma, lambda) with the least energy MAE on the validation frames (a grid; the given ones fixed)."""
+    from .krr import DEFAULT_LAMS, KernelRidge, default_sigmas
+    from .representations import make_representation
+
+    rep = make_representation(representation).fit(train_set)
+    X, Xv = rep.transform(train_set), rep.transform(valid_set)
+    y, yv = train_set.energies, valid_set.energies
+    sigmas = [sigma] if sigma is not None else default_sigmas(X, kernel)
+    lams = [lam] if lam is not None else list(DEFAULT_LAMS)
+    scores = np.full((len(sigmas), len(lams)), np.inf)
+    for i, s in enumerate(_progress(sigmas, "selecting sigma, lambda on validation", quiet, unit="sigma")):
+        for j, l in enumerate(lams):
+            scores[i, j] = np.mean(np.abs(KernelRidge(kernel, s, l).fit(X, y).predict(Xv) - yv))
+    i, j = np.unravel_index(np.argmin(scores), scores.shape)
+    click.echo(f"selected on {len(valid_set)} validation frames: sigma={sigmas[i]:.4g}, lambda={lams[j]:.0e} "
+               f"(validation MAE {scores[i, j]:.4g} {unit or ''})".replace(" )", ")"))
+    for name, k, grid in (("sigma", i, sigmas), ("lambda", j, lams)):
+        if len(grid) > 1 and k in (0, len(grid) - 1):
+            click.echo(f"warning: the selected {name} lies on the edge of its grid ({grid[0]:.3g} .. {grid[-1]:.3g})", err=True)
+    return float(sigmas[i]), float(lams[j])
+
+
+def _report_test_errors(model, test_set, unit):
+    """Energy MAE on the test frames, and force MAE when they carry forces and the model has them."""
+    from .errors import NotDifferentiableError
+
+    u = unit or ""
+    if test_set.forces is not None:
+        try:
+            energies, forces = model.predict_energies_and_forces(test_set)
+        except NotDifferentiableError:
+            energies, forces = model.predict(test_set), None
+    else:
+        energies, forces = model.predict(test_set), None
+    mae = float(np.mean(np.abs(energies - test_set.energies)))
+    line = f"test MAE on {len(test_set)} molecules: {mae:.4g} {u}".rstrip()
+    if forces is not None:
+        f_mae = float(np.mean(np.abs(np.concatenate(forces) - test_set.forces)))
+        line += f"; forces {f_mae:.4g} {u}/Å (predicting zero: {float(np.mean(np.abs(test_set.forces))):.4g})"
+    click.echo(line)
+
+
 @cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.argument("xyz", metavar="FILE.xyz", type=click.Path(dir_okay=False))
+@click.argument("xyz", metavar="FILE", type=click.Path(dir_okay=False))
 @click.option("--forces", is_flag=True, help="Also predict forces (−∂E/∂R).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write an extended XYZ with the predictions.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write an extended XYZ with the predictions (energy, forces; the model's unit recorded).")
 @click.option("--allow-element", "allow", multiple=True, metavar="SYMBOL",
               help="Predict for an element the model was not trained on (repeatable); only where the model's "
               "representation is defined for it. Without it such molecules are refused.")
 @_quiet_option
 @_friendly
 def predict(model_path, xyz, forces, output, allow, quiet):
-    """Predict energies (and forces) for every frame of an XYZ file."""
-    from .applicability import allow_elements
-    from .datasets import read_xyz, write_xyz
-    from .persistence import load_model
+    """Predict energies (and forces) for every frame of FILE (XYZ/extended XYZ or sGDML .npz).
 
+    When FILE carries reference energies (forces) in a recorded unit, the MAE against them is printed too.
+    """
+    from .applicability import allow_elements
+    from .datasets.frames import file_energy_unit, read_frames, write_frames
     from .model import MolecularKRR
+    from .persistence import load_model
 
     model = load_model(model_path, kind=MolecularKRR)
     if allow:
         allow_elements(model, allow)
-    mols = read_xyz(xyz)
+    file_unit = file_energy_unit(xyz)
+    mols, _ = read_frames(xyz, unit=model.energy_unit if file_unit else None, require_unit=False)
     idx = np.arange(len(mols))
     chunks = [idx[i : i + CHUNK] for i in range(0, len(idx), CHUNK)]
     energies, all_forces = [], []
@@ -198,7 +335,8 @@ def predict(model_path, xyz, forces, output, allow, quiet):
     energies = np.concatenate(energies)
     unit = model.energy_unit or "(model units)"
     if output:
-        write_xyz(output, mols, energies=energies, forces=all_forces if forces else None)
+        write_frames(output, mols.with_labels(None, None), energy_unit=model.energy_unit, energies=energies,
+                     forces=all_forces if forces else None)
         click.echo(f"wrote {len(mols)} frames to {output}")
     else:
         for i, e in enumerate(energies):
@@ -206,6 +344,11 @@ def predict(model_path, xyz, forces, output, allow, quiet):
             if forces:
                 line += f"  max|F| = {np.abs(all_forces[i]).max():.4g} {unit}/Å"
             click.echo(line)
+    if file_unit and model.energy_unit and mols.energies is not None:
+        line = f"against the file's reference: energy MAE {np.mean(np.abs(energies - mols.energies)):.4g} {unit}"
+        if forces and mols.forces is not None:
+            line += f", force MAE {np.mean(np.abs(np.concatenate(all_forces) - mols.forces)):.4g} {unit}/Å"
+        click.echo(line)
 
 
 @cli.command()
@@ -268,6 +411,141 @@ def demo(n_train, n_test, representation, kernel, seed, parity, quiet):
     click.echo(
         f"(finite differences carry round-off up to ~{fd_noise:.1e} {unit}/Å here: this model's |α| reach "
         f"{np.abs(model.krr_.alpha_).max():.1e} at lambda={model.lam_:.0e}; the analytic forces do not difference energies)"
+    )
+
+
+@cli.command("demo-md")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="Trajectory to use (default: the shipped GFN2-xTB ethanol trajectory, 1,500 frames at 500 K).")
+@click.option("--unit", default=None, help="Energy unit of --data when the file does not record it.")
+@click.option("--n-train", type=click.IntRange(10), default=400, show_default=True, help="Training frames, from the first 2/3 of the trajectory.")
+@click.option("--n-valid", type=click.IntRange(2), default=100, show_default=True, help="Validation frames (a later block) for sigma and lambda.")
+@click.option("--n-test", type=click.IntRange(1), default=300, show_default=True, help="Test frames, from the last block.")
+@click.option("--targets", type=click.Choice(["energy", "energy+forces", "forces"]), default="energy", show_default=True)
+@click.option("--representation", type=click.Choice(REPRESENTATIONS), default="fchl19", show_default=True)
+@click.option("--nve-steps", type=click.IntRange(0), default=200, show_default=True, help="Velocity-Verlet steps (0.5 fs) of the NVE check.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the NVE run's initial velocities.")
+@_quiet_option
+@_friendly
+def demo_md(data, unit, n_train, n_valid, n_test, targets, representation, nve_steps, seed, quiet):
+    """Train on MD frames (GFN2-xTB), test energies and forces on later frames, run a short NVE through the ASE calculator.
+
+    Frames are split in blocks (train on the first 2/3 of the trajectory, validate and test on later blocks),
+    so no test frame has a near-copy in training. Errors in meV and meV/Å (the trajectory's unit converted).
+    """
+    from .datasets import block_split
+    from .datasets.md import shipped_trajectory_path
+
+    path = data or shipped_trajectory_path()
+    mols, unit = _read_frames_for_cli(path, unit, "energy")
+    if mols.forces is None:
+        raise click.ClickException(f"{path} has no forces to test against")
+    train, valid, test = block_split(len(mols), n_train, n_valid, n_test)
+    train_set, valid_set, test_set = mols[train], mols[valid], mols[test]
+    to_mev = 1000 * _ev_per(unit)
+    click.echo(f"molkrr demo-md: {Path(path).name}, {len(mols)} frames of {_formula(mols)}; {representation}, targets={targets}")
+    click.echo(f"block split: train {len(train)} frames from 0..{train.max()}, validation {len(valid)} from "
+               f"{valid.min()}..{valid.max()}, test {len(test)} from {test.min()}..{test.max()}")
+    sigma = lam = None
+    if targets == "energy":
+        sigma, lam = _select_on_validation(train_set, valid_set, representation, "gaussian", None, None, unit, quiet)
+    model = _make_model(representation, "gaussian", sigma, lam, unit, targets=targets)
+    t0 = time.perf_counter()
+    model.fit(train_set, progress=not quiet)
+    click.echo(f"trained on {len(train_set)} frames in {time.perf_counter() - t0:.1f} s (sigma={model.sigma_:.4g}, lambda={model.lam_:.1e})")
+    t0 = time.perf_counter()
+    energies, forces = model.predict_energies_and_forces(test_set)
+    t_pred = (time.perf_counter() - t0) / len(test_set)
+    F_ref, F = test_set.forces, np.concatenate(forces)
+    e_mae = to_mev * float(np.mean(np.abs(energies - test_set.energies)))
+    e_base = to_mev * float(np.mean(np.abs(test_set.energies - train_set.energies.mean())))
+    f_mae = to_mev * float(np.mean(np.abs(F - F_ref)))
+    f_base = to_mev * float(np.mean(np.abs(F_ref)))
+    click.echo(f"held-out energy MAE: {e_mae:8.2f} meV     (predicting the training mean: {e_base:.1f} meV)")
+    click.echo(f"held-out force MAE:  {f_mae:8.1f} meV/Å   (predicting zero force: {f_base:.1f} meV/Å)")
+    click.echo(f"prediction: {1000 * t_pred:.2f} ms per frame (energy and forces, {len(test_set)} frames in one batch)")
+    if nve_steps:
+        drift, fluct, ms_per_step = _nve_drift(model, test_set[0], nve_steps, seed)
+        click.echo(f"NVE through MolkrrCalculator, {nve_steps} steps of 0.5 fs from test frame 0 (300 K velocities): "
+                   f"total energy drift {1000 * drift:+.2f} meV, max deviation {1000 * fluct:.2f} meV ({ms_per_step:.2f} ms/step)")
+
+
+def _nve_drift(model, mol, steps, seed):
+    """(final − initial total energy, max |deviation| (eV), ms per step) of a velocity-Verlet run through MolkrrCalculator."""
+    from ase import units
+    from ase.md.velocitydistribution import Stationary, ZeroRotation
+    from ase.md.verlet import VelocityVerlet
+
+    from .calculator import MolkrrCalculator
+    from .datasets.md import thermalize
+
+    atoms = mol.to_ase()[0]
+    atoms.calc = MolkrrCalculator(model)
+    thermalize(atoms, 300.0, np.random.default_rng(seed))
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    dyn = VelocityVerlet(atoms, 0.5 * units.fs)
+    totals = [atoms.get_total_energy()]
+    dyn.attach(lambda: totals.append(atoms.get_total_energy()), interval=1)
+    t0 = time.perf_counter()
+    dyn.run(steps)
+    ms = 1000 * (time.perf_counter() - t0) / steps
+    totals = np.array(totals)
+    return float(totals[-1] - totals[0]), float(np.abs(totals - totals[0]).max()), ms
+
+
+def _ev_per(unit):
+    from .calculator import ev_per_unit
+
+    return ev_per_unit(unit)
+
+
+def _formula(mols):
+    from ase import Atoms
+
+    return Atoms(numbers=mols.molecule(0)[0]).get_chemical_formula()
+
+
+# ----------------------------------------------------------------------------- MD data (molkrr.datasets.md)
+@cli.command("md")
+@click.argument("structure", metavar="MOLECULE|FILE.xyz")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True,
+              help="Trajectory file: extended XYZ (.extxyz, .xyz, optionally .gz) or sGDML .npz.")
+@click.option("--frames", "n_frames", type=click.IntRange(1), default=1500, show_default=True, help="Frames to record.")
+@click.option("--stride", type=click.IntRange(1), default=10, show_default=True, help="MD steps between recorded frames.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=500.0, show_default=True, help="K.")
+@click.option("--timestep", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True, help="fs.")
+@click.option("--friction", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True, help="Langevin friction, 1/fs.")
+@click.option("--equilibration", type=click.IntRange(0), default=1000, show_default=True, help="Unrecorded steps before the first frame.")
+@click.option("--method", type=click.Choice(["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"]), default="GFN2-xTB", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_quiet_option
+@_friendly
+def md(structure, output, n_frames, stride, temperature, timestep, friction, equilibration, method, seed, quiet):
+    """Langevin MD labelled with xTB (tblite): energies in eV and forces in eV/Å, units recorded in the file.
+
+    MOLECULE is a built-in name (ethanol, malonaldehyde, aspirin, ... or any ase.collections.g2 name such as
+    CH3CH2OH) or an XYZ file whose first frame starts the run. Needs the optional package tblite
+    (pip install 'molkrr[md]').
+    """
+    from .datasets.md import run_langevin, write_trajectory
+    from .datasets.sgdml import write_sgdml_npz
+
+    t0 = time.perf_counter()
+    frames = run_langevin(structure, n_frames=n_frames, stride=stride, temperature=temperature, timestep=timestep,
+                          friction=friction, equilibration=equilibration, seed=seed, method=method, progress=not quiet)
+    if str(output).endswith(".npz"):
+        from .molecules import Molecules
+
+        write_sgdml_npz(output, Molecules.from_ase(frames), energy_unit="eV", name=frames[0].get_chemical_formula(),
+                        theory=f"{method} (tblite), Langevin {temperature:g} K")
+    else:
+        write_trajectory(output, frames)
+    energies = np.array([a.get_potential_energy() for a in frames])
+    click.echo(
+        f"wrote {len(frames)} frames of {frames[0].get_chemical_formula()} ({method}, {temperature:g} K, "
+        f"{n_frames * stride * timestep / 1000:g} ps recorded) to {output} in {time.perf_counter() - t0:.0f} s; "
+        f"energy spread {1000 * energies.std():.0f} meV (eV, eV/Å)"
     )
 
 

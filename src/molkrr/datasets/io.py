@@ -1,4 +1,4 @@
-"""Reading and writing molecules: XYZ / extended XYZ through ``ase.io``, and sGDML ``.npz`` files.
+"""Reading and writing molecules: XYZ / extended XYZ through ``ase.io`` (sGDML ``.npz``: :mod:`.sgdml`).
 
 Extended XYZ keeps labels: the energy of each frame goes to the comment line (``energy=...``) and the
 forces to a per-atom column, so ``ase.io.read(path).get_potential_energy()`` gives them back.
@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import DatasetError, InvalidInputError, MolkrrError, ShapeMismatchError, UnknownElementError
 from ..molecules import MAX_ATOMIC_NUMBER, Molecules, as_molecules
 
-__all__ = ["MAX_ATOMS_PER_FRAME", "read_sgdml_npz", "read_xyz", "write_xyz"]
+__all__ = ["MAX_ATOMS_PER_FRAME", "read_xyz", "write_xyz"]  # sGDML .npz: molkrr.datasets.sgdml
 
 #: Largest atom count an XYZ frame may declare. Larger molecules are far outside what molkrr's
 #: representations are meant for, and a count line is checked against it (and against the lines the
@@ -163,48 +163,6 @@ def write_xyz(
                 os.unlink(tmp_name)
             except OSError:
                 pass
-
-
-def read_sgdml_npz(path: str | os.PathLike, *, validate: bool = True) -> Molecules:
-    """Read an sGDML data set (``.npz`` with ``z`` (n_atoms,), ``R`` (n_frames, n_atoms, 3), optional ``E``, ``F``).
-
-    Units are the file's own (sGDML: Å, kcal/mol and kcal/mol/Å; see its ``r_unit``/``e_unit`` entries).
-    """
-    p = Path(os.fspath(path))
-    if not p.is_file():
-        raise DatasetError(f"cannot read {p}: no such file")
-    from ..persistence import read_npz_bounded
-
-    try:
-        data = read_npz_bounded(p)  # member sizes bounded before reading, no pickle
-    except MolkrrError as exc:
-        raise DatasetError(f"cannot read {p}: {_one_line(exc)}") from None
-    if "z" not in data or "R" not in data:
-        raise DatasetError(f"cannot read {p}: not an sGDML data set (needs arrays 'z' and 'R')")
-    try:
-        z = np.asarray(data["z"])
-        R = np.asarray(data["R"], dtype=np.float64)
-        E = np.asarray(data["E"], dtype=np.float64) if "E" in data else None
-        F = np.asarray(data["F"], dtype=np.float64) if "F" in data else None
-    except (TypeError, ValueError) as exc:
-        raise DatasetError(f"cannot read {p}: arrays z, R, E, F must be numeric ({_one_line(exc)})") from None
-    if z.ndim != 1 or R.ndim != 3 or R.shape[1:] != (z.shape[0], 3) or R.shape[0] == 0:
-        raise ShapeMismatchError(f"{p}: z of shape {z.shape} and R of shape {R.shape} do not describe frames of one molecule")
-    n_frames, n_atoms = R.shape[:2]
-    if E is not None:
-        if E.size != n_frames:
-            raise ShapeMismatchError(f"{p}: {E.size} energies for {n_frames} frames")
-        E = E.reshape(-1)
-    if F is not None and F.shape != R.shape:
-        raise ShapeMismatchError(f"{p}: forces of shape {F.shape}, expected {R.shape}")
-    return Molecules(
-        np.tile(z, n_frames),
-        R.reshape(-1, 3),
-        np.arange(n_frames + 1) * n_atoms,
-        E,
-        None if F is None else F.reshape(-1, 3),
-        validate=validate,
-    )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
