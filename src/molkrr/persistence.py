@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_write
 from .errors import ModelFileError
 
 FORMAT = "molkrr-model"
@@ -78,17 +78,7 @@ def save_model(estimator: Any, path: str | os.PathLike) -> None:
         "model": _encode_estimator(estimator, arrays),
     }
     arrays[HEADER_KEY] = np.frombuffer(json.dumps(header, indent=1).encode("utf-8"), dtype=np.uint8)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".molkrr-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _encode_estimator(est: Any, arrays: dict[str, np.ndarray]) -> dict:

@@ -10,13 +10,13 @@ ase writes per-atom columns (positions, forces) with 8 decimals (``%16.8f``): a 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..errors import DatasetError, MolkrrError, ShapeMismatchError
 from ..molecules import Molecules, as_molecules
 
@@ -126,21 +126,10 @@ def write_xyz(
         )
     images = mols.to_ase()
     p = Path(os.fspath(path))
-    tmp_name = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-        with os.fdopen(fd, "w") as fh:
-            ase.io.write(fh, images, format="extxyz")
-        os.replace(tmp_name, p)
-        tmp_name = None
+        atomic_write(p, lambda fh: ase.io.write(fh, images, format="extxyz"), mode="w")
     except OSError as exc:
         raise DatasetError(f"cannot write {p}: {_one_line(exc)}") from exc
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
 
 
 def read_sgdml_npz(path: str | os.PathLike, *, validate: bool = True) -> Molecules:

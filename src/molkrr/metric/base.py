@@ -28,6 +28,7 @@ from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from .._atomic import atomic_write
 from ..errors import InvalidInputError, ModelFileError, MolkrrError, NumericalError, ShapeMismatchError
 
 #: Rows per GEMM block when building kernel matrices: never the threaded syrk path (see DESIGN.md),
@@ -228,16 +229,11 @@ CHECKPOINT_VERSION = 1
 
 
 def write_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Atomically write ``arrays`` + JSON ``meta`` to an npz file (tmp file, fsync, os.replace)."""
+    """Atomically write ``arrays`` + JSON ``meta`` to an npz file (:func:`molkrr._atomic.atomic_write`)."""
     path = os.fspath(path)
     payload = dict(arrays)
     payload["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: np.savez(fh, **payload))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
