@@ -28,29 +28,33 @@ FORMAT_VERSION = 1
 HEADER_KEY = "__header__"
 
 
+# ----------------------------------------------------------------------------- allow-list
+#: Estimator classes (other than representations) a model file may name; filled by
+#: :func:`register_model_class` (molkrr's own estimators register in ``molkrr/__init__``).
+_MODEL_CLASSES: dict[str, type] = {}
+
+
+def register_model_class(cls: type) -> type:
+    """Allow model files to name ``cls`` (a scikit-learn estimator class); usable as a class decorator.
+
+    Representations need no call: they are allowed through their registry
+    (:mod:`molkrr.representations.registry`). Raises ValueError if another class of the same name
+    is registered already.
+    """
+    other = _MODEL_CLASSES.setdefault(cls.__name__, cls)
+    if other is not cls:
+        raise ValueError(f"a model class called {cls.__name__} is already registered ({other.__module__})")
+    return cls
+
+
 def allowed_classes() -> dict[str, type]:
-    """The classes a model file may name: molkrr's estimators, nothing else."""
-    from . import krr, model
-    from .representations import coulomb
+    """The classes a model file may name: molkrr's registered estimators and representations, nothing else."""
+    from .representations.registry import representation_classes
 
-    classes: dict[str, type] = {
-        "MolecularKRR": model.MolecularKRR,
-        "KernelRidge": krr.KernelRidge,
-        "CoulombMatrix": coulomb.CoulombMatrix,
-    }
-    optional = {
-        "BagOfBonds": ("molkrr.representations.bob", "BagOfBonds"),
-        "FCHL19": ("molkrr.representations.fchl19", "FCHL19"),
-        "MLKRR": ("molkrr.metric.mlkrr", "MLKRR"),
-        "MLKR": ("molkrr.metric.mlkr", "MLKR"),
-    }
-    import importlib
-
-    for name, (module, attr) in optional.items():
-        try:
-            classes[name] = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):  # pragma: no cover - module not present in this build
-            pass
+    classes = dict(_MODEL_CLASSES)
+    for name, cls in representation_classes().items():
+        if classes.setdefault(name, cls) is not cls:
+            raise RuntimeError(f"a representation and a model class are both called {name}")
     return classes
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "load_qm9",
     "load_qm9_table",
     "qm9_cache_dir",
+    "sized_for_qm9",
 ]
 
 #: Number of molecules in the qm9pack CSVs (QM9 without the 3,054 that failed the geometry check).
@@ -47,13 +48,29 @@ MAX_ATOMS = 29
 MAX_ELEMENT_COUNTS = {1: 20, 6: 9, 7: 7, 8: 5, 9: 6}
 
 
+def sized_for_qm9(representation: Any) -> Any:
+    """An unfitted copy of ``representation`` sized to hold every QM9 molecule.
+
+    Each representation sizes itself (:meth:`~molkrr.representations.base.Representation.sized_for`)
+    from ``MAX_ATOMS`` and ``MAX_ELEMENT_COUNTS``: a Coulomb matrix of size 29, Bag-of-Bonds bags of
+    20 H, 9 C, 7 N, 5 O and 6 F; FCHL19 needs no sizes. A model trained on a QM9 subset then accepts
+    any QM9 molecule.
+    """
+    return representation.sized_for(MAX_ATOMS, MAX_ELEMENT_COUNTS)
+
+
 def representation_params(name: str) -> dict:
-    """Parameters that size representation ``name`` (see molkrr.representations) for all of QM9."""
-    if name.startswith("cm-"):
-        return {"size": MAX_ATOMS}
-    if name == "bob":
-        return {"bag_sizes": dict(MAX_ELEMENT_COUNTS)}
-    return {}
+    """Constructor parameters that size the registered representation ``name`` for all of QM9.
+
+    Kept for callers that build representations by name; prefer :func:`sized_for_qm9`.
+    """
+    from ..representations import get_spec
+
+    spec = get_spec(name)
+    plain = spec.make().get_params(deep=False)
+    sized = sized_for_qm9(spec.make()).get_params(deep=False)
+    return {k: v for k, v in sized.items() if k not in spec.params and repr(v) != repr(plain[k])}
+
 
 #: Free-atom U0 (Hartree) used for the atomisation energy, keyed by atomic number.
 ATOM_REFERENCES_HA: dict[int, float] = {1: -0.500273, 6: -37.846772, 7: -54.583861, 8: -75.064579, 9: -99.718730}

@@ -59,6 +59,7 @@ from sklearn.exceptions import NotFittedError
 from ..errors import ShapeMismatchError, UnknownElementError
 from ..molecules import MAX_ATOMIC_NUMBER, Molecules, as_molecules
 from .base import Representation
+from .registry import register_representation
 
 __all__ = ["FCHL19"]
 
@@ -480,6 +481,9 @@ def _fchl19_jacobian(eidx, pos, rows, J, n_el, Rs2, Rs3, eta2, eta3, ang_pref, r
 
 
 # ---------------------------------------------------------------------------------------- estimator
+@register_representation("fchl19-atomic", form="atomic", per_atom=True, description="FCHL19, one row per atom")
+@register_representation("fchl19-global", form="global", description="FCHL19 summed over atoms (same as fchl19)")
+@register_representation("fchl19", form="global", description="FCHL19 (FCHL-ACSF) summed over atoms")
 class FCHL19(Representation):
     """FCHL19 (FCHL-ACSF) representation, qmllib's definition; see the module docstring.
 
@@ -511,6 +515,8 @@ class FCHL19(Representation):
     elements_ : ndarray of int
         The element list, as fitted.
     """
+
+    limits_elements = True
 
     def __init__(
         self,
