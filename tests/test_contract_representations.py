@@ -138,8 +138,12 @@ def test_fit_and_transform_shapes(name):
     sub = [4, 1]
     rows = np.concatenate([np.arange(X.shape[0])[s] for s in np.array(_row_slices(name, TRAIN))[sub]])
     np.testing.assert_allclose(rep.transform(TRAIN[sub]), X[rows], rtol=1e-13, atol=1e-13)
-    # ase.Atoms lists are accepted and give the same features
-    np.testing.assert_array_equal(rep.transform(TRAIN.to_ase()), X)
+    # ase.Atoms lists are accepted and give the same features and gradients
+    atoms = TRAIN.to_ase()
+    np.testing.assert_array_equal(rep.transform(atoms), X)
+    G = np.ones_like(X)
+    for a, b in zip(rep.vjp(atoms, G), rep.vjp(TRAIN, G)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("name", NAMES)
