@@ -99,3 +99,34 @@ def test_a_new_representation_is_one_new_module(example_module, tmp_path):
         kwargs = {"tmp_path": tmp_path} if "tmp_path" in check.__code__.co_varnames else {}
         check(name, **kwargs)
     assert np.isfinite(reps.make_representation(name).fit(contract.TRAIN).transform(contract.TRAIN)).all()
+
+
+def test_model_file_allow_list_is_filled_from_registries(monkeypatch):
+    import ast
+
+    from sklearn.base import BaseEstimator
+
+    from molkrr import persistence
+
+    allowed = persistence.allowed_classes()
+    expected = {"KernelRidge", "MolecularKRR", "MLKR", "MLKRR", *reps.representation_classes()}
+    assert set(allowed) == expected and allowed["MolecularKRR"] is molkrr.MolecularKRR
+    # persistence depends on no estimator module: the dependency runs model.py -> persistence.py only
+    tree = ast.parse(Path(persistence.__file__).read_text(encoding="utf-8"))
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m.split(".")[-1] in {"model", "krr", "metric", "coulomb", "bob", "fchl19"}}
+
+    monkeypatch.setattr(persistence, "_MODEL_CLASSES", dict(persistence._MODEL_CLASSES))
+
+    class Extra(BaseEstimator):
+        pass
+
+    assert persistence.register_model_class(Extra) is Extra and persistence.allowed_classes()["Extra"] is Extra
+    persistence.register_model_class(Extra)  # again: no change
+
+    class KernelRidge(BaseEstimator):  # a foreign class with a molkrr name
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        persistence.register_model_class(KernelRidge)
