@@ -10,7 +10,7 @@ A representation module registers its class under one or more names with a decor
 Everything that needs to know the representations reads this registry: ``molkrr``'s top-level
 names, :func:`make_representation`, the CLI's ``--representation`` choices, the model-file
 allow-list (:func:`molkrr.persistence.allowed_classes`) and the contract test suite
-(``test_contract_representations.py``). Adding a representation is therefore one new module in
+(``tests/representations/test_contract_representations.py``). Adding a representation is therefore one new module in
 ``molkrr/representations/`` (plus its tests): the registry finds every module of the package the
 first time it is asked (:func:`discover`), so importing :mod:`molkrr.representations` alone
 loads no representation (and none of their compiled kernels).
