@@ -17,23 +17,14 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before qmllib loads its OpenMP runtime
 
 import argparse
-import time
 
 import numpy as np
 
+from _timing import best_time
 from molkrr.datasets import load_qm9
 from molkrr.representations.bob import BagOfBonds
 
 SYMBOL = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F"}
-
-
-def best_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

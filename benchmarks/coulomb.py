@@ -12,21 +12,12 @@ Times are the best of ``--repeats`` runs after one warm-up (which also loads the
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
+from _timing import best_time
 from molkrr.datasets import load_qm9
 from molkrr.representations.coulomb import CoulombMatrix
-
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -47,7 +38,7 @@ def main() -> None:
     rows = []
     for variant in ("sorted", "unsorted", "eigenvalues"):
         rep = CoulombMatrix(variant, size=size).fit(mols)
-        t_ours = best_time(lambda: rep.transform(mols), args.repeats)
+        t_ours = best_time(lambda: rep.transform(mols), args.repeats, warmup=True)
         if variant == "eigenvalues":
             q = lambda: [generate_coulomb_matrix_eigenvalue(Z, R, size=size) for Z, R in per_mol]  # noqa: E731
         else:
@@ -55,10 +46,10 @@ def main() -> None:
             q = lambda: [generate_coulomb_matrix(Z, R, size=size, sorting=sorting) for Z, R in per_mol]  # noqa: E731
         reps = 1 if variant == "eigenvalues" else args.repeats  # qmllib's padded dsyev is slow
         with threadpool_limits(1, user_api="openmp"):
-            t_q1 = best_time(q, reps)
+            t_q1 = best_time(q, reps, warmup=True)
             X = rep.transform(mols)  # same numbers?
             err = np.abs(X - np.array(q())).max()
-        t_q = best_time(q, 1) if args.qmllib_default_threads else np.nan
+        t_q = best_time(q, 1, warmup=True) if args.qmllib_default_threads else np.nan
         rows.append((variant, len(mols) / t_ours, len(mols) / t_q1, len(mols) / t_q, err))
 
     print()
@@ -77,14 +68,14 @@ def main() -> None:
     for variant in ("sorted", "unsorted", "eigenvalues"):
         rep = CoulombMatrix(variant, size=size).fit(mols)
         G = np.random.default_rng(0).normal(size=(1, rep.n_features_))
-        t_x = best_time(lambda: rep.transform(one), 20)
-        t_v = best_time(lambda: rep.vjp(one, G), 20)
-        t_j = best_time(lambda: rep.jacobian(one), 3)
+        t_x = best_time(lambda: rep.transform(one), 20, warmup=True)
+        t_v = best_time(lambda: rep.vjp(one, G), 20, warmup=True)
+        t_j = best_time(lambda: rep.jacobian(one), 3, warmup=True)
         print(f"{variant:<12} {t_x * 1e6:13.0f} {t_v * 1e6:9.0f} {t_j * 1e6:12.0f}")
     # vjp over the whole batch
     rep = CoulombMatrix("sorted", size=size).fit(mols)
     G = np.random.default_rng(0).normal(size=(len(mols), rep.n_features_))
-    t_vb = best_time(lambda: rep.vjp(mols, G), 1)
+    t_vb = best_time(lambda: rep.vjp(mols, G), 1, warmup=True)
     print(f"\nvjp (sorted) over all {len(mols)} molecules: {len(mols) / t_vb:,.0f} molecules/s")
 
 

@@ -19,19 +19,11 @@ import time
 
 import numpy as np
 
+from _timing import best_time
 from molkrr.datasets import load_qm9
 from molkrr.representations.fchl19 import FCHL19
 
 ELEMENTS = [1, 6, 7, 8, 9]
-
-
-def best_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

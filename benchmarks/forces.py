@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from _timing import best_time
 from molkrr import MolecularKRR, kernels
 from molkrr.datasets import load_qm9
 from molkrr.datasets.qm9 import representation_params
@@ -26,16 +27,6 @@ from molkrr.model import finite_difference_forces
 from molkrr.representations import make_representation
 
 SIGMA = {"cm-sorted": 1000.0, "cm-unsorted": 1000.0, "cm-eigenvalues": 100.0, "bob": 500.0, "fchl19": 800.0}
-
-
-def best_time(fn, repeat: int) -> float:
-    """Shortest of ``repeat`` wall-clock timings of fn()."""
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:

@@ -230,14 +230,6 @@ def test_predict_gradient_equals_finite_differences(kernel):
 
 
 # ---------------------------------------------------------------------------------------- estimator API
-def test_sklearn_estimator_checks():
-    from sklearn.utils.estimator_checks import check_estimator
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # SkipTestWarning for the array-API check
-        check_estimator(KernelRidge())
-
-
 def test_params_and_clone():
     m = KernelRidge(kernel="laplacian", sigma=3.0, lam=1e-4, center=False)
     assert m.get_params() == {"kernel": "laplacian", "sigma": 3.0, "lam": 1e-4, "center": False}

@@ -20,42 +20,9 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from .errors import InputTypeError, InvalidInputError, MoleculeError, NotDifferentiableError
 from .molecules import Molecules
+from .units import ENERGY_UNITS, canonical_unit, ev_per_unit  # unit table: molkrr.units; re-exported
 
 __all__ = ["MolkrrCalculator", "ENERGY_UNITS", "ev_per_unit"]
-
-#: Energy units the calculator converts from (canonical spellings).
-ENERGY_UNITS: tuple[str, ...] = ("eV", "meV", "Ha", "kcal/mol", "kJ/mol")
-_UNIT_ALIASES = {
-    "ev": "eV",
-    "mev": "meV",
-    "ha": "Ha",
-    "hartree": "Ha",
-    "eh": "Ha",
-    "au": "Ha",
-    "a.u.": "Ha",
-    "kcal/mol": "kcal/mol",
-    "kj/mol": "kJ/mol",
-}
-
-
-def ev_per_unit(unit: str) -> float:
-    """The value in eV of one ``unit`` (one of :data:`ENERGY_UNITS`, case-insensitive; 'Hartree' = 'Ha').
-
-    Raises InvalidInputError (a ValueError) for an unknown unit.
-    """
-    from ase import units
-
-    key = _UNIT_ALIASES.get(str(unit).strip().lower()) if isinstance(unit, str) else None
-    if key is None:
-        raise InvalidInputError(f"unknown energy unit {unit!r}; the calculator converts from {', '.join(ENERGY_UNITS)}")
-    return {
-        "eV": 1.0,
-        "meV": 1e-3,
-        "Ha": units.Hartree,
-        "kcal/mol": units.kcal / units.mol,
-        "kJ/mol": units.kJ / units.mol,
-    }[key] / units.eV
-
 
 class MolkrrCalculator(Calculator):
     """ASE calculator wrapping a fitted :class:`molkrr.MolecularKRR` (molecules only, no periodic cells).
@@ -140,7 +107,7 @@ class MolkrrCalculator(Calculator):
                 "or fit MolecularKRR(..., energy_unit=...); ASE needs energies in eV"
             )
         self.ev_per_unit = ev_per_unit(unit)
-        self.energy_unit = _UNIT_ALIASES[str(unit).strip().lower()]
+        self.energy_unit = canonical_unit(unit)
         self.model = model
         self.n_model_calls = 0
         super().__init__(**kwargs)

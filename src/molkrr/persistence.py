@@ -37,13 +37,13 @@ import importlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_write
 from .errors import InputTypeError, InvalidInputError, ModelFileError
 
 FORMAT = "molkrr-model"
@@ -114,17 +114,7 @@ def save_model(estimator: Any, path: str | os.PathLike) -> None:
     except ModelFileError as exc:
         raise InvalidInputError(f"cannot save this {type(estimator).__name__}: {exc}") from None
     arrays[HEADER_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".molkrr-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(os.fspath(path), lambda fh: np.savez(fh, **arrays))
 
 
 def _encode_estimator(est: Any, arrays: dict[str, np.ndarray]) -> dict:
@@ -402,7 +392,7 @@ class _Decoder:
         params = {k: self.value(v, f"{where}.params.{k}", depth + 1) for k, v in node["params"].items()}
         fitted = {k: self.value(v, f"{where}.fitted.{k}", depth + 1) for k, v in node["fitted"].items()}
         fields = _Fields(where, name, params, fitted)
-        _REGISTRY[name][2](fields)
+        _REGISTRY.get(name, (None, None, _check_generic))[2](fields)
         fields.finish()
         est = cls(**params)
         for k, v in fitted.items():
@@ -861,12 +851,40 @@ def register_class(name: str, module: str, attribute: str, validator: Callable[[
     _REGISTRY[name] = (module, attribute, validator)
 
 
+def register_model_class(cls: type, validator: Callable[[_Fields], None] | None = None) -> type:
+    """Allow model files to name ``cls`` (usable as a class decorator); ``validator`` checks its fields
+    on load (default: the generic check, which only accepts the fitted attributes as they are).
+    Raises ValueError if another class of the same name is registered already."""
+    name = cls.__name__
+    known = _REGISTRY.get(name)
+    if known is not None:
+        other = _DIRECT.get(name) or getattr(importlib.import_module(known[0]), known[1], None)
+        if other is not cls:
+            raise ValueError(f"a model class called {name} is already registered ({known[0]})")
+        return cls
+    _REGISTRY[name] = (cls.__module__, cls.__qualname__, validator or _check_generic)
+    _DIRECT[name] = cls
+    return cls
+
+
+#: Classes registered as objects (not importable by module path, e.g. defined in a test).
+_DIRECT: dict[str, type] = {}
+
+
+def _check_generic(f: _Fields) -> None:
+    """Classes without their own validator: the common checks of the decoder only."""
+    for key in f.fitted:
+        f.f(key)
+
+
 def allowed_classes() -> dict[str, type]:
     """The classes a model file may name: molkrr's estimators, nothing else."""
+    from .representations.registry import representation_classes
+
     _register_kernels()
-    classes: dict[str, type] = {}
+    classes: dict[str, type] = dict(representation_classes())  # those without a validator of their own too
     for name, (module, attr, _) in _REGISTRY.items():
-        classes[name] = getattr(importlib.import_module(module), attr)
+        classes[name] = _DIRECT[name] if name in _DIRECT else getattr(importlib.import_module(module), attr)
     return classes
 
 

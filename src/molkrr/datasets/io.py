@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..errors import DatasetError, InvalidInputError, MolkrrError, ShapeMismatchError, UnknownElementError
 from ..molecules import MAX_ATOMIC_NUMBER, Molecules, as_molecules
 
@@ -148,21 +149,10 @@ def write_xyz(
         )
     images = mols.to_ase()
     p = Path(os.fspath(path))
-    tmp_name = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-        with os.fdopen(fd, "w") as fh:
-            ase.io.write(fh, images, format="extxyz")
-        os.replace(tmp_name, p)
-        tmp_name = None
+        atomic_write(p, lambda fh: ase.io.write(fh, images, format="extxyz"), mode="w")
     except OSError as exc:
         raise DatasetError(f"cannot write {p}: {_one_line(exc)}") from exc
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------------------------------------- helpers

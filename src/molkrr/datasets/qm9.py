@@ -16,7 +16,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..errors import DatasetError, InvalidInputError, MolkrrError
 from ..molecules import Molecules
+from ..units import unit_factor
 
 __all__ = [
     "ATOM_REFERENCES_HA",
@@ -36,6 +37,7 @@ __all__ = [
     "load_qm9",
     "load_qm9_table",
     "qm9_cache_dir",
+    "sized_for_qm9",
 ]
 
 #: Number of molecules in the qm9pack CSVs (QM9 without the 3,054 that failed the geometry check).
@@ -46,13 +48,29 @@ MAX_ATOMS = 29
 MAX_ELEMENT_COUNTS = {1: 20, 6: 9, 7: 7, 8: 5, 9: 6}
 
 
+def sized_for_qm9(representation: Any) -> Any:
+    """An unfitted copy of ``representation`` sized to hold every QM9 molecule.
+
+    Each representation sizes itself (:meth:`~molkrr.representations.base.Representation.sized_for`)
+    from ``MAX_ATOMS`` and ``MAX_ELEMENT_COUNTS``: a Coulomb matrix of size 29, Bag-of-Bonds bags of
+    20 H, 9 C, 7 N, 5 O and 6 F; FCHL19 needs no sizes. A model trained on a QM9 subset then accepts
+    any QM9 molecule.
+    """
+    return representation.sized_for(MAX_ATOMS, MAX_ELEMENT_COUNTS)
+
+
 def representation_params(name: str) -> dict:
-    """Parameters that size representation ``name`` (see molkrr.representations) for all of QM9."""
-    if name.startswith("cm-"):
-        return {"size": MAX_ATOMS}
-    if name == "bob":
-        return {"bag_sizes": dict(MAX_ELEMENT_COUNTS)}
-    return {}
+    """Constructor parameters that size the registered representation ``name`` for all of QM9.
+
+    Kept for callers that build representations by name; prefer :func:`sized_for_qm9`.
+    """
+    from ..representations import get_spec
+
+    spec = get_spec(name)
+    plain = spec.make().get_params(deep=False)
+    sized = sized_for_qm9(spec.make()).get_params(deep=False)
+    return {k: v for k, v in sized.items() if k not in spec.params and repr(v) != repr(plain[k])}
+
 
 #: Free-atom U0 (Hartree) used for the atomisation energy, keyed by atomic number.
 ATOM_REFERENCES_HA: dict[int, float] = {1: -0.500273, 6: -37.846772, 7: -54.583861, 8: -75.064579, 9: -99.718730}
@@ -74,23 +92,8 @@ _ALIASES = {"gap": "homo_lumo_gap", "atomisation_energy": "atomization_energy", 
 PROPERTIES: tuple[str, ...] = ("atomization_energy", *_COLUMNS)
 
 
-def _unit_factors() -> dict[str, float]:
-    from ase import units
-
-    ha = units.Hartree  # eV per Hartree
-    return {
-        "Ha": 1.0,
-        "eV": ha / units.eV,
-        "meV": 1000.0 * ha / units.eV,
-        "kcal/mol": ha / (units.kcal / units.mol),
-        "kJ/mol": ha / (units.kJ / units.mol),
-    }
-
-
-#: Units an energy can be returned in (factor = value of one Hartree in that unit, from ``ase.units``).
+#: Units an energy can be returned in (conversions from Hartree by :mod:`molkrr.units`, i.e. ``ase.units``).
 UNITS: tuple[str, ...] = ("Ha", "eV", "meV", "kcal/mol", "kJ/mol")
-_UNIT_ALIASES = {"hartree": "Ha", "ha": "Ha", "eh": "Ha", "au": "Ha", "ev": "eV", "mev": "meV",
-                 "kcal/mol": "kcal/mol", "kj/mol": "kJ/mol"}
 
 _FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 #: Bump when the cache layout changes: old cache files are then ignored.
@@ -315,10 +318,8 @@ def _check_property(name: str) -> str:
 
 
 def _unit_factor(unit: str) -> float:
-    key = _UNIT_ALIASES.get(str(unit).lower())
-    if key is None:
-        raise InvalidInputError(f"unknown energy unit {unit!r}; choose one of {', '.join(UNITS)}")
-    return _unit_factors()[key]
+    """Value of one Hartree in ``unit``; InvalidInputError (a ValueError) for an unknown unit."""
+    return unit_factor("Ha", unit)
 
 
 def _data_folder() -> Path:
@@ -463,20 +464,9 @@ def _read_cache(path: Path, key: str) -> QM9Table | None:
 
 
 def _write_cache(path: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically (temporary file + os.replace); a failure only warns."""
-    tmp_name = None
+    """Write atomically (:func:`molkrr._atomic.atomic_write`); a failure only warns."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, key=np.array(key), **{k: arrays[k] for k in _ARRAY_KEYS})
-        os.replace(tmp_name, path)
-        tmp_name = None
+        atomic_write(path, lambda fh: np.savez(fh, key=np.array(key), **{k: arrays[k] for k in _ARRAY_KEYS}))
     except OSError as exc:
         warnings.warn(f"could not write the QM9 cache {path}: {exc}", UserWarning, stacklevel=3)
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..errors import ModelFileError
 
 CHECKPOINT_VERSION = 1
@@ -16,15 +17,9 @@ CHECKPOINT_FORMAT = "molkrr-metric-checkpoint"
 
 def write_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Atomically write ``arrays`` + JSON ``meta`` to an npz file (tmp file, fsync, os.replace)."""
-    path = os.fspath(path)
     payload = dict(arrays)
     payload["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(os.fspath(path), lambda fh: np.savez(fh, **payload))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:

@@ -1,54 +1,47 @@
-"""Molecular representations (see :mod:`molkrr.representations.base` for the protocol)."""
+"""Molecular representations (see :mod:`molkrr.representations.base` for the protocol).
+
+Every representation class registers its names in :mod:`molkrr.representations.registry`; the
+names and classes here are read from it, lazily: importing this package loads no representation
+module (and so none of their numba kernels) until a name or class is asked for.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .base import Representation
-
-#: Names accepted by :func:`make_representation` (and the CLI's ``--representation``).
-REPRESENTATIONS = ("cm-sorted", "cm-unsorted", "cm-eigenvalues", "bob", "fchl19")
-
-
-def make_representation(name: str, **params: Any) -> Representation:
-    """The representation called ``name`` (one of :data:`REPRESENTATIONS`), unfitted."""
-    if name.startswith("cm-"):
-        from .coulomb import CoulombMatrix
-
-        variant = name[3:]
-        if variant in ("sorted", "unsorted", "eigenvalues"):
-            return CoulombMatrix(variant=variant, **params)
-    elif name == "bob":
-        from .bob import BagOfBonds
-
-        return BagOfBonds(**params)
-    elif name in ("fchl19", "fchl19-global"):
-        from .fchl19 import FCHL19
-
-        return FCHL19(form="global", **params)
-    elif name == "fchl19-atomic":
-        from .fchl19 import FCHL19
-
-        return FCHL19(form="atomic", **params)
-    from ..errors import InvalidInputError
-
-    raise InvalidInputError(f"unknown representation {name!r}; choose one of {', '.join(REPRESENTATIONS)}")
+from .registry import (
+    get_spec,
+    make_representation,
+    molecular_representation_names,
+    register_representation,
+    representation_classes,
+    representation_names,
+)
 
 
-def __getattr__(name: str) -> Any:  # lazy: importing numba kernels only when a class is used
-    if name == "CoulombMatrix":
-        from .coulomb import CoulombMatrix
-
-        return CoulombMatrix
-    if name == "BagOfBonds":
-        from .bob import BagOfBonds
-
-        return BagOfBonds
-    if name == "FCHL19":
-        from .fchl19 import FCHL19
-
-        return FCHL19
-    raise AttributeError(name)
+_API = [
+    "Representation",
+    "get_spec",
+    "make_representation",
+    "molecular_representation_names",
+    "register_representation",
+    "representation_classes",
+    "representation_names",
+]
 
 
-__all__ = ["REPRESENTATIONS", "BagOfBonds", "CoulombMatrix", "FCHL19", "Representation", "make_representation"]
+def __getattr__(name: str) -> Any:
+    if name == "__all__":  # computed, so that a new representation module needs no edit here
+        return ["REPRESENTATIONS", *_API, *sorted(representation_classes())]
+    if name == "REPRESENTATIONS":
+        # names MolecularKRR and the CLI accept: one feature row per molecule
+        return molecular_representation_names()
+    classes = representation_classes() if name[:1].isupper() else {}
+    if name in classes:
+        return classes[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"REPRESENTATIONS"} | set(representation_classes()))

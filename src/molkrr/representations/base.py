@@ -20,10 +20,11 @@ in that form.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from ..errors import ShapeMismatchError
@@ -35,6 +36,10 @@ class Representation(TransformerMixin, BaseEstimator):
 
     #: whether ``vjp``/``jacobian`` are available
     differentiable: bool = True
+    #: whether ``transform`` refuses elements the fitted representation does not know (UnknownElementError)
+    limits_elements: bool = False
+    #: whether ``transform`` refuses molecules larger than the fitted size (RepresentationSizeError)
+    limits_size: bool = False
 
     def fit(self, molecules: Any, y: Any = None) -> "Representation":
         """Learn the sizes this representation needs from ``molecules``; returns self."""
@@ -58,6 +63,22 @@ class Representation(TransformerMixin, BaseEstimator):
         Lets force evaluation skip those columns of the training set (padded representations).
         """
         return None
+
+    def sized_for(self, max_atoms: int, max_element_counts: Mapping[int, int]) -> "Representation":
+        """An unfitted copy sized to hold every molecule of a data set, e.g. all of QM9.
+
+        Parameters
+        ----------
+        max_atoms : int
+            Atoms in the largest molecule of the data set.
+        max_element_counts : mapping of int to int
+            Atomic number → the most atoms of that element in one molecule of the data set.
+
+        Representations with size parameters (Coulomb-matrix size, Bag-of-Bonds bag sizes)
+        override this; the default is a plain clone, for representations whose features do not
+        depend on the molecules' sizes.
+        """
+        return clone(self)
 
     # -------------------------------------------------------------- helpers for subclasses
     def _check_input(self, molecules: Any) -> Molecules:

@@ -36,16 +36,19 @@ from typing import Any
 
 import numpy as np
 from numba import njit
+from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_int
 from ..errors import InvalidInputError, RepresentationSizeError, ShapeMismatchError, UnknownElementError
 from ..molecules import MAX_ATOMIC_NUMBER, Molecules, as_molecules
 from .base import Representation
+from .registry import register_representation
 
 __all__ = ["BagOfBonds"]
 
 
+@register_representation("bob", description="Bag of Bonds: sorted per-element-pair Coulomb bags")
 class BagOfBonds(Representation):
     """Bag of Bonds: sorted per-element and per-element-pair Coulomb bags.
 
@@ -77,10 +80,25 @@ class BagOfBonds(Representation):
         A molecule has more atoms of an element than its bag holds.
     """
 
+    limits_elements = True
+    limits_size = True
+
     def __init__(self, elements: Any = None, bag_sizes: Any = None, bag_padding: int = 0) -> None:
         self.elements = elements
         self.bag_sizes = bag_sizes
         self.bag_padding = bag_padding
+
+    def sized_for(self, max_atoms: int, max_element_counts: Any) -> "BagOfBonds":
+        """An unfitted copy whose bags hold ``max_element_counts`` atoms of each element.
+
+        With ``elements`` given, those elements get bags (empty for an element the data set lacks);
+        otherwise the data set's elements do.
+        """
+        counts = {int(z): int(c) for z, c in dict(max_element_counts).items()}
+        elements, _ = _parse_params(self.elements, None)
+        if elements is not None:
+            counts = {int(z): counts.get(int(z), 0) for z in elements}
+        return clone(self).set_params(bag_sizes=counts)
 
     # ------------------------------------------------------------------ fit
     def fit(self, molecules: Any, y: Any = None) -> "BagOfBonds":

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 from numba import njit
+from sklearn.base import clone
 
 from .._validation import check_choice, check_int
 from ..errors import (
@@ -50,6 +51,7 @@ from ..errors import (
 )
 from ..molecules import MIN_INTERATOMIC_DISTANCE, Molecules, as_molecules
 from .base import Representation
+from .registry import register_representation
 
 __all__ = ["CoulombMatrix"]
 
@@ -61,6 +63,9 @@ VARIANTS = ("unsorted", "sorted", "eigenvalues")
 _CHUNK_ELEMENTS = 1 << 18
 
 
+@register_representation("cm-eigenvalues", variant="eigenvalues", description="Coulomb-matrix eigenvalues, sorted")
+@register_representation("cm-unsorted", variant="unsorted", description="Coulomb matrix, atoms in input order")
+@register_representation("cm-sorted", variant="sorted", description="Coulomb matrix, rows sorted by norm")
 class CoulombMatrix(Representation):
     """Coulomb matrix representation: unsorted, row-norm sorted, or its eigenvalue spectrum.
 
@@ -85,9 +90,15 @@ class CoulombMatrix(Representation):
     derivatives returned by :meth:`vjp` / :meth:`jacobian` are per Å.
     """
 
+    limits_size = True
+
     def __init__(self, variant: str = "sorted", size: int | None = None) -> None:
         self.variant = variant
         self.size = size
+
+    def sized_for(self, max_atoms: int, max_element_counts: Any) -> "CoulombMatrix":
+        """An unfitted copy with ``size=max_atoms`` (see :meth:`Representation.sized_for`)."""
+        return clone(self).set_params(size=int(max_atoms))
 
     # ------------------------------------------------------------------ fit / transform
     def fit(self, molecules: Any, y: Any = None) -> "CoulombMatrix":

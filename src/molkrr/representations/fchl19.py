@@ -60,6 +60,7 @@ from .._validation import check_choice, check_finite, check_int, check_positive
 from ..errors import InvalidInputError, ShapeMismatchError, UnknownElementError
 from ..molecules import MAX_ATOMIC_NUMBER, Molecules, as_molecules
 from .base import Representation
+from .registry import register_representation
 
 __all__ = ["FCHL19"]
 
@@ -488,6 +489,9 @@ _MAX_WIDTH = 1e3  # eta2, eta3 and the cutoffs rcut, acut (Å)
 _MAX_WEIGHT = 1e3  # zeta, the decay powers and the three-body weight
 
 
+@register_representation("fchl19-atomic", form="atomic", per_atom=True, description="FCHL19, one row per atom")
+@register_representation("fchl19-global", form="global", description="FCHL19 summed over atoms (same as fchl19)")
+@register_representation("fchl19", form="global", description="FCHL19 (FCHL-ACSF) summed over atoms")
 class FCHL19(Representation):
     """FCHL19 (FCHL-ACSF) representation, qmllib's definition; see the module docstring.
 
@@ -519,6 +523,8 @@ class FCHL19(Representation):
     elements_ : ndarray of int
         The element list, as fitted.
     """
+
+    limits_elements = True
 
     def __init__(
         self,

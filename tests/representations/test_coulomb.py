@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
 
 from molkrr.errors import (
     CoincidentAtomsError,
@@ -200,15 +198,6 @@ def test_fit_learns_size_and_feature_count(random_mols):
     assert isinstance(rep, Representation)
 
 
-def test_accepts_ase_atoms(random_mols):
-    atoms = random_mols.to_ase()
-    rep = CoulombMatrix("sorted").fit(atoms)
-    np.testing.assert_array_equal(rep.transform(atoms), rep.transform(random_mols))
-    G = np.ones((len(atoms), rep.n_features_))
-    for a, b in zip(rep.vjp(atoms, G), rep.vjp(random_mols, G)):
-        np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.parametrize("variant", ["sorted", "eigenvalues"])
 def test_permutation_invariance(variant, qm9):
     mols = qm9.subset(_well_separated(qm9, variant)[::8][:12])
@@ -224,26 +213,6 @@ def test_permutation_invariance(variant, qm9):
 
 # ---------------------------------------------------------------------------------------- derivatives
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_vjp_equals_jacobian_contraction(variant, random_mols, qm9):
-    for mols in (random_mols, qm9[[0, 5, 17, 123, 399]]):
-        rep = CoulombMatrix(variant, size=14 if mols is random_mols else 29).fit(mols)
-        G = np.random.default_rng(1).normal(size=(len(mols), rep.n_features_))
-        for g, J, Gi, n in zip(rep.vjp(mols, G), rep.jacobian(mols), G, mols.n_atoms):
-            assert g.shape == (n, 3) and J.shape == (rep.n_features_, n, 3)
-            np.testing.assert_allclose(g, np.einsum("f,fax->ax", Gi, J), rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_vjp_matches_finite_differences_random(variant, random_mols):
-    mols = random_mols.subset(_well_separated(random_mols, variant))
-    assert len(mols) >= 5
-    rep = CoulombMatrix(variant, size=13).fit(mols)
-    G = np.random.default_rng(2).normal(size=(len(mols), rep.n_features_))
-    for g, fd in zip(rep.vjp(mols, G), _fd_vjp(rep, mols, G)):
-        assert _rel_err(g, fd) <= 1e-6
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
 def test_vjp_matches_finite_differences_qm9(variant, qm9):
     idx = _well_separated(qm9, variant)
     small, large = idx[idx < 300], idx[idx >= 300]  # 3-12 atoms and 14-22 atoms
@@ -252,34 +221,6 @@ def test_vjp_matches_finite_differences_qm9(variant, qm9):
     G = np.random.default_rng(4).normal(size=(len(mols), rep.n_features_))
     for g, fd in zip(rep.vjp(mols, G), _fd_vjp(rep, mols, G)):
         assert _rel_err(g, fd) <= 1e-6
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_jacobian_matches_finite_differences(variant, random_mols):
-    mol = random_mols[4]  # 11 atoms
-    rep = CoulombMatrix(variant).fit(mol)
-    J = rep.jacobian(mol)[0]
-    Z, R = mol.molecule(0)
-    h = 1e-5
-    for a, x in [(0, 0), (3, 1), (10, 2)]:
-        Rp, Rm = R.copy(), R.copy()
-        Rp[a, x] += h
-        Rm[a, x] -= h
-        X = rep.transform(Molecules.from_list([Z, Z], [Rp, Rm]))
-        fd = (X[0] - X[1]) / (2 * h)
-        assert _rel_err(J[:, a, x], fd) <= 1e-6
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_gradient_is_translation_and_rotation_invariant(variant, qm9):
-    """E(X(R)) is invariant under rigid motions: Σ_a ∂E/∂R_a = 0 and Σ_a R_a × ∂E/∂R_a = 0."""
-    mols = qm9[[10, 11, 12, 13, 300, 350, 399]]
-    rep = CoulombMatrix(variant, size=29).fit(mols)
-    G = np.random.default_rng(5).normal(size=(len(mols), rep.n_features_))
-    for g, (_, R) in zip(rep.vjp(mols, G), mols):
-        scale = np.abs(g).max() * np.abs(R).max()
-        assert np.abs(g.sum(axis=0)).max() <= 1e-12 * scale
-        assert np.abs(np.cross(R, g).sum(axis=0)).max() <= 1e-12 * scale
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -320,37 +261,12 @@ def test_krr_forces_compose_as_in_docs(variant, qm9):
 
 # ---------------------------------------------------------------------------------------- errors
 def test_too_large_molecule_raises(random_mols):
+    """transform/vjp/jacobian refusals are contract checks (test_contract_representations.py); here: fit and the message."""
     rep = CoulombMatrix("sorted", size=5).fit(random_mols[[0, 2]])
-    big = random_mols[4]
     with pytest.raises(RepresentationSizeError, match="11 atoms"):
-        rep.transform(big)
-    with pytest.raises(RepresentationSizeError):
-        rep.vjp(big, np.zeros((1, rep.n_features_)))
-    with pytest.raises(RepresentationSizeError):
-        rep.jacobian(big)
+        rep.transform(random_mols[4])
     with pytest.raises(RepresentationSizeError):
         CoulombMatrix(size=5).fit(random_mols)
-    assert issubclass(RepresentationSizeError, ValueError)
-
-
-@pytest.mark.parametrize("method", ["transform", "vjp", "jacobian"])
-def test_unfitted_raises(method, random_mols):
-    rep = CoulombMatrix()
-    args = (random_mols, np.zeros((len(random_mols), 66))) if method == "vjp" else (random_mols,)
-    with pytest.raises(NotFittedError):
-        getattr(rep, method)(*args)
-
-
-def test_wrong_cotangent_shape_raises(random_mols):
-    rep = CoulombMatrix("unsorted").fit(random_mols)
-    with pytest.raises(ShapeMismatchError, match="cotangent"):
-        rep.vjp(random_mols, np.zeros((len(random_mols), rep.n_features_ + 1)))
-    with pytest.raises(ShapeMismatchError):
-        rep.vjp(random_mols, np.zeros((len(random_mols) - 1, rep.n_features_)))
-    G = np.zeros((len(random_mols), rep.n_features_))
-    G[0, 0] = np.nan
-    with pytest.raises(InvalidInputError, match="NaN"):
-        rep.vjp(random_mols, G)
 
 
 @pytest.mark.parametrize("params", [{"variant": "row-norm"}, {"size": 0}, {"size": 2.5}, {"size": True}])
@@ -383,8 +299,3 @@ def test_non_finite_positions_raise_even_without_validation():
             rep.vjp(mols, np.ones((1, rep.n_features_)))
 
 
-def test_sklearn_clone_and_params():
-    rep = CoulombMatrix("eigenvalues", size=7)
-    assert rep.get_params() == {"variant": "eigenvalues", "size": 7}
-    c = clone(rep)
-    assert c.get_params() == rep.get_params() and not hasattr(c, "size_")

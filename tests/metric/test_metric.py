@@ -365,13 +365,6 @@ def test_callback_can_stop_and_receives_info():
     assert est.n_iter_ == 3 and seen == [1, 2, 3]
 
 
-def test_sklearn_check_estimator():
-    from sklearn.utils.estimator_checks import check_estimator
-
-    for est in (MLKRR(max_iter=3, shuffle_every=2), MLKR(max_iter=3)):
-        check_estimator(est)
-
-
 # ----------------------------------------------------------------------------------------------
 # checkpoint / resume
 # ----------------------------------------------------------------------------------------------
