@@ -240,7 +240,11 @@ def test_sklearn_estimator_checks():
 
 def test_params_and_clone():
     m = KernelRidge(kernel="laplacian", sigma=3.0, lam=1e-4, center=False)
-    assert m.get_params() == {"kernel": "laplacian", "sigma": 3.0, "lam": 1e-4, "center": False}
+    assert m.get_params() == {
+        "kernel": "laplacian", "sigma": 3.0, "lam": 1e-4, "center": False,
+        # large-n solver (molkrr.solvers.falkon)
+        "solver": "auto", "n_centers": None, "cg_tol": 1e-8, "cg_max_iter": 200, "random_state": 0,
+    }
     c = clone(m)
     assert c.get_params() == m.get_params() and c is not m
     with pytest.raises(NotFittedError):

@@ -68,14 +68,14 @@ def _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, s
     return mols[:n_train], (mols[n_train:] if n_test else None), unit
 
 
-def _make_model(representation, kernel, sigma, lam, unit, metric=None, qm9=False):
+def _make_model(representation, kernel, sigma, lam, unit, metric=None, qm9=False, **solver):
     """A MolecularKRR; for QM9 the representation is sized to hold every QM9 molecule."""
     from .datasets.qm9 import representation_params
     from .model import MolecularKRR
     from .representations import make_representation
 
     rep = make_representation(representation, **(representation_params(representation) if qm9 else {}))
-    return MolecularKRR(rep, kernel=kernel, sigma=sigma, lam=lam, metric=metric, energy_unit=unit)
+    return MolecularKRR(rep, kernel=kernel, sigma=sigma, lam=lam, metric=metric, energy_unit=unit, **solver)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -107,15 +107,19 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), help="Kernel width; selected automatically if omitted.")
 @click.option("--lam", type=click.FloatRange(min=0), help="Ridge; selected with sigma if omitted.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--solver", type=click.Choice(["auto", "cholesky", "falkon"]), default="auto", show_default=True,
+              help="Exact Cholesky, or Nyström + preconditioned CG (falkon) for large n; auto: exact while it fits.")
+@click.option("--n-centers", type=click.IntRange(1), default=None, help="Nyström centres for --solver falkon.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default="model.npz", show_default=True)
 @_quiet_option
 @_friendly
-def train(dataset, xyz, energy_key, n_train, n_test, prop, unit, representation, kernel, sigma, lam, seed, output, quiet):
+def train(dataset, xyz, energy_key, n_train, n_test, prop, unit, representation, kernel, sigma, lam, seed, solver,
+          n_centers, output, quiet):
     """Train a model and save it (npz + JSON header, no pickle)."""
     if sigma is not None and lam is None:
         lam = 1e-8
     train_set, test_set, unit = _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, seed, quiet)
-    model = _make_model(representation, kernel, sigma, lam, unit, qm9=dataset == "qm9")
+    model = _make_model(representation, kernel, sigma, lam, unit, qm9=dataset == "qm9", solver=solver, n_centers=n_centers)
     t0 = time.perf_counter()
     model.fit(train_set, progress=not quiet)
     seconds = time.perf_counter() - t0

@@ -43,6 +43,10 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     energy_unit : str, optional
         Unit of the energies (e.g. 'eV', 'kcal/mol', 'Ha'); recorded with the model and used by the
         ASE calculator. Forces are in energy_unit / Å.
+    solver : {'auto', 'cholesky', 'falkon'}
+        KRR solver, see :class:`molkrr.KernelRidge` ('falkon': Nyström + preconditioned CG for large n).
+    n_centers : int, optional
+        Nyström centres for ``solver='falkon'``.
 
     Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_``, ``sigma_``, ``lam_``.
     """
@@ -57,6 +61,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         prefit_metric: bool = False,
         center: bool = True,
         energy_unit: str | None = None,
+        solver: str = "auto",
+        n_centers: int | None = None,
     ) -> None:
         self.representation = representation
         self.kernel = kernel
@@ -66,6 +72,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.prefit_metric = prefit_metric
         self.center = center
         self.energy_unit = energy_unit
+        self.solver = solver
+        self.n_centers = n_centers
 
     # ------------------------------------------------------------------ fitting
     def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
@@ -109,7 +117,9 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.sigma_, self.lam_ = float(sigma), float(lam)
         if progress:
             print(f"solving the {len(y)} x {len(y)} kernel system (sigma={sigma:.4g}, lambda={lam:.1e})", file=sys.stderr)
-        self.krr_ = KernelRidge(self.kernel, self.sigma_, self.lam_, self.center).fit(X, y)
+        self.krr_ = KernelRidge(
+            self.kernel, self.sigma_, self.lam_, self.center, solver=self.solver, n_centers=self.n_centers
+        ).fit(X, y, progress=progress)
         return self
 
     # ------------------------------------------------------------------ prediction
