@@ -224,8 +224,7 @@ def falkon_solve_dask(
         if op.n != y.shape[0]:
             raise ShapeMismatchError(f"the X shards hold {op.n} rows for {y.shape[0]} targets")
         rhs = op.rmatvec(_split_like(y, op.n_rows))
-        K_mm = np.asarray(kernel(C, C), dtype=np.float64)
-        return preconditioned_cg(op.gram_matvec, rhs, K_mm, op.n, float(lam), tol=tol, max_iter=max_iter, progress=progress)
+        return preconditioned_cg(op.gram_matvec, rhs, lambda: kernel(C, C), op.n, float(lam), tol=tol, max_iter=max_iter, progress=progress)
     finally:
         op.close()
 

@@ -9,11 +9,17 @@ with K_nm = k(X, C) of shape (n, m) and K_mm = k(C, C). With λ in molkrr's conv
 the exact solver) and the centres equal to all training rows, α is exactly the exact solver's α (H = K (K + λI)).
 
 The system is solved by conjugate gradients, preconditioned as in FALKON (Rudi, Carratino & Rosasco 2017;
-Meanti et al. 2020): with K_mm = TᵀT (T upper triangular, Cholesky) and the approximation
-K_nmᵀK_nm ≈ (n/m) K_mm², H ≈ P = Tᵀ (n/m · T Tᵀ + λI) T = Tᵀ AᵀA T, A = chol(n/m · T Tᵀ + λI). CG runs on
-Bᵀ H B β = Bᵀ K_nmᵀ y with B = T⁻¹A⁻¹ (B Bᵀ = P⁻¹), and α = B β. Each iteration applies H once: two passes
-over K_nm (K_nm v, then K_nmᵀ of that) plus one m×m product, O(nm) flops; the preconditioner costs O(m³)
-once and O(m²) per iteration.
+Meanti et al. 2020): with K_mm + εI = TᵀT (T upper triangular, Cholesky; ε = m·2.2e-16 × mean diagonal, more
+only if that fails, reported as ``FalkonResult.jitter``) and the approximation K_nmᵀK_nm ≈ (n/m) K_mm²,
+H ≈ P = Tᵀ (n/m · T Tᵀ + λI) T = Tᵀ AᵀA T, A = chol(n/m · T Tᵀ + λI). CG runs on
+
+    W β = Bᵀ K_nmᵀ y,   W = A⁻ᵀ (T⁻ᵀ K_nmᵀ K_nm T⁻¹ + λI) A⁻¹,   B = T⁻¹A⁻¹ (B Bᵀ = P⁻¹),   α = B β,
+
+which is H α = K_nmᵀ y with λ K_mm replaced by λ TᵀT = λ (K_mm + εI): as in FALKON, the ridge acts as λI in
+the whitened coordinates, which keeps CG stable at the small λ and large σ molecules need (applying λ K_mm
+itself squares K_mm's condition number, and CG then stalls in rounding). ε is at rounding level of K_mm.
+Each iteration: two passes over K_nm (K_nm v, then K_nmᵀ of that), O(nm) flops, and four m×m triangular
+solves, O(m²); the preconditioner costs O(m³) once.
 
 K_nm is never n×n: it is held in row blocks (:class:`NystromBlocks`, n·m numbers in float64 or, when asked,
 float32), or recomputed block by block at every iteration when it should not be held (``store=False``:
@@ -44,8 +50,8 @@ DEFAULT_TOL = 1e-8
 DEFAULT_MAX_ITER = 200
 #: Rows of X per kernel block K[rows, :m].
 BLOCK_ROWS = 2048
-#: Relative jitters (× mean diagonal of K_mm) tried for the preconditioner's Cholesky of K_mm. The
-#: preconditioner only has to approximate H: the jitter never enters the system CG solves.
+#: Relative jitters ε (× mean diagonal of K_mm, at least m × machine epsilon) tried for the Cholesky of
+#: K_mm + εI, smallest first (module docstring: the solved ridge is λ (K_mm + εI)).
 PRECONDITIONER_JITTERS = (0.0, 1e-14, 1e-12, 1e-10, 1e-8, 1e-6)
 
 
@@ -137,20 +143,26 @@ class FalkonPreconditioner:
 
     Parameters
     ----------
-    K_mm : ndarray (m, m), float64 (not modified)
+    K_mm : ndarray (m, m), or a zero-argument callable returning a fresh one
+        The centres' kernel matrix. A callable's matrix is factorised in place (memory 2·m² in all, not
+        3·m²) and called again if a larger jitter is needed; an array is copied and left unchanged.
     n : int
         Number of training rows (the scale n/m of the approximation K_nmᵀK_nm ≈ (n/m) K_mm²).
     lam : float
     """
 
-    def __init__(self, K_mm: np.ndarray, n: int, lam: float) -> None:
+    def __init__(self, K_mm: np.ndarray | Callable[[], np.ndarray], n: int, lam: float) -> None:
         from ..linalg import _cholesky_lower_inplace
 
-        m = K_mm.shape[0]
-        scale = float(np.mean(np.diagonal(K_mm))) or 1.0
-        L = np.empty_like(K_mm, dtype=np.float64)
-        for rel in PRECONDITIONER_JITTERS:
-            L[...] = K_mm
+        build = K_mm if callable(K_mm) else (lambda: np.array(K_mm, dtype=np.float64, order="C"))
+        L = np.ascontiguousarray(build(), dtype=np.float64)
+        m = L.shape[0]
+        if L.ndim != 2 or L.shape[1] != m:
+            raise ShapeMismatchError(f"K_mm must be square, got {L.shape}")
+        scale = float(np.mean(np.diagonal(L))) or 1.0
+        for attempt, rel in enumerate(PRECONDITIONER_JITTERS):
+            if attempt > 0:
+                L = np.ascontiguousarray(build(), dtype=np.float64)
             np.einsum("ii->i", L)[:] += max(rel * scale, m * np.finfo(np.float64).eps * scale)
             try:
                 _cholesky_lower_inplace(L)  # lower L = Tᵀ
@@ -207,6 +219,7 @@ class FalkonResult:
     relative_residual: float  # max over right-hand sides of ‖r_k‖/‖r_0‖
     converged: bool
     residuals: list[float] = field(default_factory=list, repr=False)  # per iteration
+    jitter: float = 0.0  # ε added to K_mm's diagonal in T (module docstring)
 
 
 def preconditioned_cg(
@@ -220,13 +233,14 @@ def preconditioned_cg(
     max_iter: int = DEFAULT_MAX_ITER,
     progress: bool = False,
 ) -> FalkonResult:
-    """Solve (K_nmᵀK_nm + λ K_mm) α = rhs by FALKON-preconditioned CG.
+    """Solve (K_nmᵀK_nm + λ (K_mm + εI)) α = rhs by FALKON-preconditioned CG (ε: module docstring).
 
     gram_matvec : V (m,)/(m, t) ↦ K_nmᵀ K_nm V (local blocks, or a map-reduce over Dask workers).
     rhs : K_nmᵀ y, (m,) or (m, t).
-    K_mm : (m, m) kernel of the centres (not modified). n : number of training rows.
+    K_mm : (m, m) kernel of the centres (not modified), or a callable building it (see
+        :class:`FalkonPreconditioner`). n : number of training rows.
     """
-    precond = FalkonPreconditioner(np.asarray(K_mm, dtype=np.float64), n, lam)
+    precond = FalkonPreconditioner(K_mm, n, lam)
 
     def W(V: np.ndarray) -> np.ndarray:  # Bᵀ H B V = A⁻ᵀ (T⁻ᵀ K_nmᵀK_nm T⁻¹ + λI) A⁻¹ V
         Z = sla.solve_triangular(precond.LA, V, lower=True, trans="T", check_finite=False)  # A⁻¹ V
@@ -281,7 +295,7 @@ def preconditioned_cg(
             stacklevel=3,
         )
     alpha = precond.apply(beta.reshape(b.shape))
-    return FalkonResult(alpha, it, rel, converged, residuals)
+    return FalkonResult(alpha, it, rel, converged, residuals, precond.jitter)
 
 
 def check_solver_args(X: np.ndarray, y: np.ndarray, lam: float, centers: np.ndarray, tol: float, max_iter: int) -> None:
@@ -337,9 +351,8 @@ def falkon_solve(
         raise InvalidInputError(f"dtype must be float64 or float32, got {dtype}")
     blocks = NystromBlocks(kernel, X, C, block_rows=block_rows, store=store, dtype=dtype)
     rhs = blocks.rmatvec(y)
-    K_mm = np.asarray(kernel(C, C), dtype=np.float64)
     return preconditioned_cg(
-        blocks.gram_matvec, rhs, K_mm, X.shape[0], float(lam), tol=tol, max_iter=max_iter, progress=progress
+        blocks.gram_matvec, rhs, lambda: kernel(C, C), X.shape[0], float(lam), tol=tol, max_iter=max_iter, progress=progress
     )
 
 
