@@ -61,8 +61,8 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         center: bool = True,
         solver: str = "auto",
         n_centers: int | None = None,
-        cg_tol: float = 1e-8,
-        cg_max_iter: int = 200,
+        cg_tol: float = 1e-6,
+        cg_max_iter: int = 500,
         random_state: int = 0,
     ) -> None:
         self.kernel = kernel

@@ -214,7 +214,7 @@ def falkon_solve_dask(
     y = np.asarray(y, dtype=np.float64)
     if isinstance(X, (list, tuple)):
         X_parts = list(X)
-        check_solver_args(np.empty((y.shape[0], C.shape[1])), y, lam, C, tol, max_iter)
+        check_solver_args(None, y, lam, C, tol, max_iter)
     else:
         X = np.ascontiguousarray(X, dtype=np.float64)
         check_solver_args(X, y, lam, C, tol, max_iter)
