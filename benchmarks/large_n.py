@@ -63,7 +63,7 @@ with warnings.catch_warnings(record=True) as caught:
         mean = y.mean()
         C = np.ascontiguousarray(X[choose_centers(len(y), args["m"], 0)])
         res = falkon_solve_dask(client, model._kernel(), X, y - mean, args["lam"], C, tol=args["tol"],
-                                max_iter=args["max_iter"], dtype=args["dtype"])
+                                max_iter=args["max_iter"], dtype=args["dtype"], progress=args["progress"])
         seconds = time.perf_counter() - t0
         model.X_fit_, model.alpha_, model.y_mean_, model.n_features_in_ = C, res.alpha, mean, X.shape[1]
         info["n_iter"] = res.n_iter
@@ -76,11 +76,11 @@ with warnings.catch_warnings(record=True) as caught:
             mean = y.mean()
             C = np.ascontiguousarray(X[choose_centers(len(y), args["m"], 0)])
             res = fk.falkon_solve(model._kernel(), X, y - mean, args["lam"], C, tol=args["tol"],
-                                  max_iter=args["max_iter"], dtype=args["dtype"])
+                                  max_iter=args["max_iter"], dtype=args["dtype"], progress=args["progress"])
             model.X_fit_, model.alpha_, model.y_mean_, model.n_features_in_ = C, res.alpha, mean, X.shape[1]
             info["n_iter"] = res.n_iter
         else:
-            model.fit(X, y)
+            model.fit(X, y, progress=args["progress"])
             info["n_iter"] = getattr(model, "n_iter_", None)
         seconds = time.perf_counter() - t0
 info["warnings"] = [str(w.message)[:120] for w in caught]
@@ -114,9 +114,11 @@ def ensure_features(cache: str) -> tuple[str, str]:
 
 
 def run_point(args: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], capture_output=True, text=True)
+    # with --progress the child's stderr (the CG bar with its residual) goes straight to ours
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], stdout=subprocess.PIPE,
+                          stderr=None if args["progress"] else subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        tail = ((proc.stderr or "").strip().splitlines() or ["see the output above"])[-1]
         return {"error": f"exit {proc.returncode}: {tail}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -147,6 +149,7 @@ def main() -> None:
     p.add_argument("--exact-sigma", type=float, default=None, help="σ for the exact solver (default --sigma)")
     p.add_argument("--dask-n", type=int, nargs="*", default=[50_000], help="n at which to compare Dask (2 workers)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--progress", action="store_true", help="show the CG progress bar (residual) of every point")
     p.add_argument("--cache", default=os.environ.get("MOLKRR_BENCH_CACHE", "/work/cache"))
     args = p.parse_args()
     if any(n > N_TRAIN_MAX or n < 2 for n in args.n):
@@ -170,7 +173,7 @@ def main() -> None:
             sigma = args.exact_sigma if (mode == "cholesky" and args.exact_sigma) else args.sigma
             point = {"mode": mode, "n": n, "m": min(m, n), "sigma": sigma, "lam": args.lam, "tol": args.tol,
                      "max_iter": args.max_iter, "dtype": args.dtype, "workers": args.workers,
-                     "features": fx, "energies": fe}
+                     "features": fx, "energies": fe, "progress": args.progress}
             r = run_point(point)
             results.append({**point, **r})
             if "error" in r:

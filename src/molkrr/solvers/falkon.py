@@ -139,7 +139,7 @@ def _dot(K: np.ndarray, V: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- preconditioner
 class FalkonPreconditioner:
-    """B = T⁻¹A⁻¹ with K_mm = TᵀT and AᵀA = (n/m) T Tᵀ + λI (module docstring); B Bᵀ ≈ H⁻¹.
+    """B = T⁻¹A⁻¹ with K_mm + εI = TᵀT and AᵀA = (n/m) T Tᵀ + λI (module docstring); B Bᵀ ≈ H⁻¹.
 
     Parameters
     ----------
@@ -190,13 +190,22 @@ class FalkonPreconditioner:
 
     def apply(self, V: np.ndarray) -> np.ndarray:
         """B V = T⁻¹ A⁻¹ V = L⁻ᵀ LA⁻ᵀ V."""
-        W = sla.solve_triangular(self.LA, V, lower=True, trans="T", check_finite=False)
-        return sla.solve_triangular(self.L, W, lower=True, trans="T", check_finite=False)
+        return solve_lower_t(self.L, solve_lower_t(self.LA, V))
 
     def apply_t(self, V: np.ndarray) -> np.ndarray:
         """Bᵀ V = A⁻ᵀ T⁻ᵀ V = LA⁻¹ L⁻¹ V."""
-        W = sla.solve_triangular(self.L, V, lower=True, check_finite=False)
-        return sla.solve_triangular(self.LA, W, lower=True, check_finite=False)
+        return solve_lower(self.LA, solve_lower(self.L, V))
+
+
+# C-ordered lower factors are read by LAPACK as their F-ordered transposes (upper): no m×m copy per solve.
+def solve_lower(L: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """L⁻¹ V for a C-ordered lower-triangular L."""
+    return sla.solve_triangular(L.T, V, lower=False, trans="T", check_finite=False)
+
+
+def solve_lower_t(L: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """L⁻ᵀ V for a C-ordered lower-triangular L."""
+    return sla.solve_triangular(L.T, V, lower=False, trans="N", check_finite=False)
 
 
 def _zero_upper(A: np.ndarray) -> None:
@@ -243,10 +252,10 @@ def preconditioned_cg(
     precond = FalkonPreconditioner(K_mm, n, lam)
 
     def W(V: np.ndarray) -> np.ndarray:  # Bᵀ H B V = A⁻ᵀ (T⁻ᵀ K_nmᵀK_nm T⁻¹ + λI) A⁻¹ V
-        Z = sla.solve_triangular(precond.LA, V, lower=True, trans="T", check_finite=False)  # A⁻¹ V
-        U = sla.solve_triangular(precond.L, Z, lower=True, trans="T", check_finite=False)  # T⁻¹ Z
-        G = sla.solve_triangular(precond.L, gram_matvec(U), lower=True, check_finite=False)  # T⁻ᵀ K_nmᵀK_nm U
-        return sla.solve_triangular(precond.LA, G + lam * Z, lower=True, check_finite=False)
+        Z = solve_lower_t(precond.LA, V)  # A⁻¹ V
+        U = solve_lower_t(precond.L, Z)  # T⁻¹ Z
+        G = solve_lower(precond.L, gram_matvec(U))  # T⁻ᵀ K_nmᵀK_nm U
+        return solve_lower(precond.LA, G + lam * Z)
 
     b = precond.apply_t(rhs)
     b2 = b.reshape(b.shape[0], -1)
