@@ -232,7 +232,11 @@ def test_predict_gradient_equals_finite_differences(kernel):
 # ---------------------------------------------------------------------------------------- estimator API
 def test_params_and_clone():
     m = KernelRidge(kernel="laplacian", sigma=3.0, lam=1e-4, center=False)
-    assert m.get_params() == {"kernel": "laplacian", "sigma": 3.0, "lam": 1e-4, "center": False}
+    assert m.get_params() == {
+        "kernel": "laplacian", "sigma": 3.0, "lam": 1e-4, "center": False,
+        # large-n solver (molkrr.solvers.falkon)
+        "solver": "auto", "n_centers": None, "cg_tol": 1e-6, "cg_max_iter": 500, "random_state": 0,
+    }
     c = clone(m)
     assert c.get_params() == m.get_params() and c is not m
     with pytest.raises(NotFittedError):

@@ -94,7 +94,7 @@ def _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, s
     return mols[:n_train], (mols[n_train:] if n_test else None), unit
 
 
-def _make_model(representation, kernel, sigma, lam, unit, metric=None, qm9=False, targets="energy"):
+def _make_model(representation, kernel, sigma, lam, unit, metric=None, qm9=False, targets="energy", **solver):
     """A MolecularKRR; for QM9 the representation is sized to hold every QM9 molecule.
 
     ``targets`` other than "energy" is passed on (MolecularKRR's force training); a MolecularKRR without
@@ -110,7 +110,7 @@ def _make_model(representation, kernel, sigma, lam, unit, metric=None, qm9=False
             raise click.ClickException(f"--targets {targets}: this molkrr trains on energies only (use --targets energy)")
         extra["targets"] = targets
     rep = make_representation(representation, **(representation_params(representation) if qm9 else {}))
-    return MolecularKRR(rep, kernel=kernel, sigma=sigma, lam=lam, metric=metric, energy_unit=unit, **extra)
+    return MolecularKRR(rep, kernel=kernel, sigma=sigma, lam=lam, metric=metric, energy_unit=unit, **extra, **solver)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -154,11 +154,14 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), help="Kernel width; selected automatically if omitted.")
 @click.option("--lam", type=click.FloatRange(min=0), help="Ridge; selected with sigma if omitted.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--solver", type=click.Choice(["auto", "cholesky", "falkon"]), default="auto", show_default=True,
+              help="Exact Cholesky, or Nyström + preconditioned CG (falkon) for large n; auto: exact while it fits.")
+@click.option("--n-centers", type=click.IntRange(1), default=None, help="Nyström centres for --solver falkon.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default="model.npz", show_default=True)
 @_quiet_option
 @_friendly
 def train(dataset, xyz, data, train_file, valid_file, test_file, split, energy_key, n_train, n_valid, n_test, prop, unit,
-          targets, representation, kernel, sigma, lam, seed, output, quiet):
+          targets, representation, kernel, sigma, lam, seed, solver, n_centers, output, quiet):
     """Train a model and save it (npz + JSON header, no pickle).
 
     Every training frame must carry a finite energy of magnitude at most 1e100 (an error names the
@@ -188,7 +191,8 @@ def train(dataset, xyz, data, train_file, valid_file, test_file, split, energy_k
             )
     if valid_set is not None and (sigma is None or lam is None) and targets == "energy":
         sigma, lam = _select_on_validation(train_set, valid_set, representation, kernel, sigma, lam, unit, quiet)
-    model = _make_model(representation, kernel, sigma, lam, unit, qm9=dataset == "qm9", targets=targets)
+    model = _make_model(representation, kernel, sigma, lam, unit, qm9=dataset == "qm9", targets=targets,
+                        solver=solver, n_centers=n_centers)
     t0 = time.perf_counter()
     model.fit(train_set, progress=not quiet)
     seconds = time.perf_counter() - t0

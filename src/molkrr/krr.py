@@ -41,18 +41,43 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         Ridge added to the kernel diagonal (λ ≥ 0).
     center : bool
         Subtract the training mean of y before solving (and add it back in ``predict``).
+    solver : {'auto', 'cholesky', 'falkon'}
+        'cholesky': the exact n×n solve. 'falkon': Nyström KRR over ``n_centers`` random training rows by
+        preconditioned CG (:mod:`molkrr.solvers.falkon`), never n×n; the fitted model has the same form
+        (``X_fit_`` holds the centres), so predictions, forces and model files work unchanged. 'auto':
+        'cholesky' while an n×n float64 matrix fits comfortably (:func:`molkrr.solvers.falkon.auto_solver`).
+    n_centers : int, optional
+        Nyström centres m for 'falkon' (default :func:`molkrr.solvers.falkon.default_n_centers`).
+    cg_tol, cg_max_iter : CG stopping rule of 'falkon' (relative residual of the preconditioned system).
+    random_state : int
+        Seed of the centre draw.
 
-    Fitted attributes: ``X_fit_`` (n, d), ``alpha_`` (n,) or (n, t), ``y_mean_``, ``lam_`` (λ actually
-    used, larger than ``lam`` if a jitter was needed), ``n_features_in_``.
+    Fitted attributes: ``X_fit_`` (n, d) (the centres (m, d) for 'falkon'), ``alpha_`` (n,) or (n, t),
+    ``y_mean_``, ``lam_`` (λ actually used, larger than ``lam`` if a jitter was needed), ``n_features_in_``,
+    ``solver_`` (the solver used) and, for 'falkon', ``n_iter_``.
     """
 
     def __init__(
-        self, kernel: "str | Kernel" = "gaussian", sigma: float | None = None, lam: float = 1e-8, center: bool = True
+        self,
+        kernel: "str | Kernel" = "gaussian",
+        sigma: float | None = None,
+        lam: float = 1e-8,
+        center: bool = True,
+        solver: str = "auto",
+        n_centers: int | None = None,
+        cg_tol: float = 1e-6,
+        cg_max_iter: int = 500,
+        random_state: int = 0,
     ) -> None:
         self.kernel = kernel
         self.sigma = sigma
         self.lam = lam
         self.center = center
+        self.solver = solver
+        self.n_centers = n_centers
+        self.cg_tol = cg_tol
+        self.cg_max_iter = cg_max_iter
+        self.random_state = random_state
 
     @property
     def kernel_(self) -> Kernel:
@@ -62,8 +87,8 @@ class KernelRidge(RegressorMixin, BaseEstimator):
     def _kernel(self) -> Kernel:  # kept for callers of the first release
         return self.kernel_
 
-    def fit(self, X: Any, y: Any) -> "KernelRidge":
-        """Fit on X (n, d) and y (n,) or (n, t)."""
+    def fit(self, X: Any, y: Any, *, progress: bool = False) -> "KernelRidge":
+        """Fit on X (n, d) and y (n,) or (n, t). progress: a CG progress bar (solver 'falkon')."""
         # C order throughout: BLAS results then do not depend on the caller's layout (a DataFrame is
         # F-ordered), so a reloaded model predicts bitwise-equal values
         try:  # molkrr._validation: scikit-learn's input errors as MolkrrError subclasses
@@ -74,6 +99,16 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             raise InvalidInputError(f"lam must be a finite number ≥ 0, got {self.lam}")
         kernel = self.kernel_
         self.y_mean_ = np.mean(y, axis=0) if self.center else np.zeros(y.shape[1:])
+        # ---- solver choice (large-n solver: molkrr.solvers.falkon)
+        from .solvers.falkon import auto_solver, fit_falkon
+
+        self.solver_ = auto_solver(self.solver, X.shape[0])
+        if self.solver_ == "falkon":
+            self.X_fit_, self.alpha_, self.n_iter_ = fit_falkon(self, kernel, X, y - self.y_mean_, progress=progress)
+            self.lam_ = float(self.lam)
+            self._train_sq_norms()
+            return self
+        # ---- exact solver
         L, self.lam_ = spd_factor(lambda: kernel(X), float(self.lam))
         self.alpha_ = spd_solve(L, y - self.y_mean_)
         self.X_fit_ = X

@@ -52,6 +52,10 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     energy_unit : str, optional
         Unit of the energies (e.g. 'eV', 'kcal/mol', 'Ha'); recorded with the model and used by the
         ASE calculator. Forces are in energy_unit / Å.
+    solver : {'auto', 'cholesky', 'falkon'}
+        KRR solver, see :class:`molkrr.KernelRidge` ('falkon': Nyström + preconditioned CG for large n).
+    n_centers : int, optional
+        Nyström centres for ``solver='falkon'``.
 
     Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_``, ``sigma_``, ``lam_``,
     ``elements_`` (atomic numbers of the training set: prediction refuses others, see
@@ -68,6 +72,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         prefit_metric: bool = False,
         center: bool = True,
         energy_unit: str | None = None,
+        solver: str = "auto",
+        n_centers: int | None = None,
     ) -> None:
         self.representation = representation
         self.kernel = kernel
@@ -77,6 +83,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.prefit_metric = prefit_metric
         self.center = center
         self.energy_unit = energy_unit
+        self.solver = solver
+        self.n_centers = n_centers
 
     # ------------------------------------------------------------------ fitting
     def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
@@ -126,8 +134,10 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.lam_ = float(lam)
         if progress:
             width = f"sigma={self.sigma_:.4g}, " if self.sigma_ is not None else ""
-            print(f"solving the {len(y)} x {len(y)} kernel system ({width}lambda={lam:.1e})", file=sys.stderr)
-        self.krr_ = KernelRidge(self.kernel, self.sigma_, self.lam_, self.center).fit(X, y)
+            print(f"solving the kernel system of {len(y)} molecules ({width}lambda={lam:.1e})", file=sys.stderr)
+        self.krr_ = KernelRidge(
+            self.kernel, self.sigma_, self.lam_, self.center, solver=self.solver, n_centers=self.n_centers
+        ).fit(X, y, progress=progress)
         self.elements_ = training_elements(mols)  # molkrr.applicability: the elements predict accepts
         return self
 

@@ -643,13 +643,34 @@ def _check_kernel(f: _Fields) -> None:
             raise _fail(where, f"must be 1.5 or 2.5, got {_show(nu)}")
 
 
+def _check_solver_params(f: _Fields) -> None:
+    """The large-n solver's parameters (molkrr.solvers.falkon), where the class has them."""
+    if "solver" in f.params:
+        _choice(*f.p("solver"), ("auto", "cholesky", "falkon"))
+    if "n_centers" in f.params:
+        _integer(*f.p("n_centers"), 1, none=True)
+    if "cg_tol" in f.params:
+        _number(*f.p("cg_tol"), lo=0.0, lo_open=True)
+    if "cg_max_iter" in f.params:
+        _integer(*f.p("cg_max_iter"), 1)
+    if "random_state" in f.params:
+        _integer(*f.p("random_state"), 0, none=True)
+
+
 def _check_kernel_ridge(f: _Fields) -> None:
     _kernel_param(*f.p("kernel"))
     _sigma(*f.p("sigma"), none=True)
     lam = _number(*f.p("lam"), lo=0.0)
     center = _boolean(*f.p("center"))
+    _check_solver_params(f)
     if not f.is_fitted:
         return
+    solver_used, where = f.f("solver_", required=False)
+    if solver_used is not _ABSENT:
+        _choice(solver_used, where, ("cholesky", "falkon"))
+    n_iter, where = f.f("n_iter_", required=False)
+    if n_iter is not _ABSENT:
+        _integer(n_iter, where, 0)
     X = _float_array(*f.f("X_fit_"), 2, max_abs=MAX_ABS_FEATURE)
     n, d = X.shape
     if n < 1 or d < 1:
@@ -765,6 +786,7 @@ def _check_metric_learner(f: _Fields) -> None:
 def _check_molecular_krr(f: _Fields) -> None:
     _nested(*f.p("representation"), "representation", fitted=False, none=True)
     kernel = _kernel_param(*f.p("kernel"))
+    _check_solver_params(f)
     _sigma(*f.p("sigma"), none=True)
     _number(*f.p("lam"), lo=0.0, none=True)
     _nested(*f.p("metric"), "metric", fitted=False, none=True)
