@@ -1,6 +1,7 @@
 """molkrr — kernel ridge regression on molecules, with analytic forces and metric learning."""
 
 from . import datasets
+from .backends import set_backend
 from .errors import MolkrrError
 from .kernels import make_kernel
 from .krr import KernelRidge, select_hyperparameters
@@ -33,5 +34,6 @@ __all__ = [
     "mlkrr_loss_and_grad",
     "save_model",
     "select_hyperparameters",
+    "set_backend",
     "__version__",
 ]

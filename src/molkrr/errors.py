@@ -58,3 +58,13 @@ class DatasetError(MolkrrError, RuntimeError):
 
 class InvalidInputError(MolkrrError, ValueError):
     """An input array or parameter is unusable: NaN or infinity, non-numeric, too few samples, out of range."""
+
+
+# -- compute backends (issue 13) --------------------------------------------------------------------
+class BackendUnavailableError(MolkrrError, RuntimeError):
+    """A compute backend or device was asked for that this installation or machine does not have
+    (e.g. ``backend="torch"`` without torch installed, ``device="cuda"`` without a GPU)."""
+
+
+class DeviceMemoryError(MolkrrError, MemoryError):
+    """A computation does not fit in the memory of its device; the message says which size fits."""

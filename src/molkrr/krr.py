@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .backends import get_backend, is_numpy
 from .errors import InvalidInputError, ShapeMismatchError
 from .kernels import Kernel, make_kernel, squared_distances
 from .linalg import spd_factor, spd_solve
@@ -40,18 +41,26 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         Ridge added to the kernel diagonal (λ ≥ 0).
     center : bool
         Subtract the training mean of y before solving (and add it back in ``predict``).
+    backend, device : str or None
+        Where fit, predict and predict_with_gradient compute: backend 'numpy' or 'torch', device
+        'cpu', 'cuda' or 'cuda:N'; None: the process default (:func:`molkrr.set_backend`, numpy
+        unless set). See :mod:`molkrr.backends`. Results are numpy arrays either way.
 
     Fitted attributes: ``X_fit_`` (n, d), ``alpha_`` (n,) or (n, t), ``y_mean_``, ``lam_`` (λ actually
     used, larger than ``lam`` if a jitter was needed), ``n_features_in_``.
     """
 
     def __init__(
-        self, kernel: "str | Kernel" = "gaussian", sigma: float | None = None, lam: float = 1e-8, center: bool = True
+        self, kernel: "str | Kernel" = "gaussian", sigma: float | None = None, lam: float = 1e-8, center: bool = True,
+        backend: str | None = None,
+        device: str | None = None,
     ) -> None:
         self.kernel = kernel
         self.sigma = sigma
         self.lam = lam
         self.center = center
+        self.backend = backend
+        self.device = device
 
     @property
     def kernel_(self) -> Kernel:
@@ -70,8 +79,12 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             raise InvalidInputError(f"lam must be a finite number ≥ 0, got {self.lam}")
         kernel = self.kernel_
         self.y_mean_ = np.mean(y, axis=0) if self.center else np.zeros(y.shape[1:])
-        L, self.lam_ = spd_factor(lambda: kernel(X), float(self.lam))
-        self.alpha_ = spd_solve(L, y - self.y_mean_)
+        be = get_backend(self.backend, self.device)
+        if not is_numpy(be):  # compute backend (issue 13)
+            self.alpha_, self.lam_ = be.krr_fit(kernel, X, y - self.y_mean_, float(self.lam))
+        else:
+            L, self.lam_ = spd_factor(lambda: kernel(X), float(self.lam))
+            self.alpha_ = spd_solve(L, y - self.y_mean_)
         self.X_fit_ = X
         self._train_sq_norms()
         return self
@@ -81,6 +94,9 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, order="C", reset=False)
         kernel = self.kernel_
+        be = get_backend(self.backend, self.device)
+        if not is_numpy(be):  # compute backend (issue 13)
+            return be.krr_predict(kernel, X, self._backend_rows(be), self.alpha_) + self.y_mean_
         out = np.empty((X.shape[0],) + self.alpha_.shape[1:])
         for start in range(0, X.shape[0], PREDICT_BLOCK):
             stop = min(start + PREDICT_BLOCK, X.shape[0])
@@ -116,6 +132,10 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         if n_active is not None and np.any(X[:, n_active:]):
             n_active = None  # the promise does not hold: use every column
         kernel = self.kernel_
+        be = get_backend(self.backend, self.device)
+        if not is_numpy(be):  # compute backend (issue 13)
+            values, grads = be.krr_value_and_gradient(kernel, X, self._backend_rows(be), self.alpha_, n_active)
+            return values + self.y_mean_, grads
         values = np.empty(X.shape[0])
         grads = np.empty_like(X)
         for start in range(0, X.shape[0], PREDICT_BLOCK):
@@ -142,6 +162,10 @@ class KernelRidge(RegressorMixin, BaseEstimator):
     def _train_sq_norms(self) -> np.ndarray:
         """‖x_m‖² of the training rows (n,)."""
         return self._derived("_sq_norms", lambda X: np.einsum("ij,ij->i", X, X))
+
+    def _backend_rows(self, be: Any) -> Any:
+        """The training rows as a compute backend keeps them (on its device), uploaded once per fit (issue 13)."""
+        return self._derived(f"_rows_{be.name}_{be.device}_{be.dtype}", be.rows)
 
 
 # ----------------------------------------------------------------------------- selection

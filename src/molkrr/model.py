@@ -50,6 +50,10 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     energy_unit : str, optional
         Unit of the energies (e.g. 'eV', 'kcal/mol', 'Ha'); recorded with the model and used by the
         ASE calculator. Forces are in energy_unit / Å.
+    backend, device : str or None
+        Where the KRR fit, predictions and forces' kernel part compute ('numpy' or 'torch';
+        'cpu', 'cuda', 'cuda:N'; None: the process default), passed to the KernelRidge
+        (:mod:`molkrr.backends`). σ/λ selection, representations and the metric run on numpy.
 
     Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_``, ``sigma_``, ``lam_``.
     """
@@ -64,6 +68,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         prefit_metric: bool = False,
         center: bool = True,
         energy_unit: str | None = None,
+        backend: str | None = None,
+        device: str | None = None,
     ) -> None:
         self.representation = representation
         self.kernel = kernel
@@ -73,6 +79,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.prefit_metric = prefit_metric
         self.center = center
         self.energy_unit = energy_unit
+        self.backend = backend
+        self.device = device
 
     # ------------------------------------------------------------------ fitting
     def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
@@ -122,7 +130,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         if progress:
             width = f"sigma={self.sigma_:.4g}, " if self.sigma_ is not None else ""
             print(f"solving the {len(y)} x {len(y)} kernel system ({width}lambda={lam:.1e})", file=sys.stderr)
-        self.krr_ = KernelRidge(self.kernel, self.sigma_, self.lam_, self.center).fit(X, y)
+        self.krr_ = KernelRidge(self.kernel, self.sigma_, self.lam_, self.center,
+                                backend=self.backend, device=self.device).fit(X, y)
         return self
 
     # ------------------------------------------------------------------ prediction
