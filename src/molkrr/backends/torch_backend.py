@@ -2,9 +2,9 @@
 
 The formulas are those of the numpy code, not re-derived: stationary kernels are evaluated through
 their ``profile(u, order, xp=torch)`` (:mod:`molkrr.kernels.base`), the KRR solve follows the jitter
-policy of :func:`molkrr.linalg.spd_factor`, and the MLKRR objective is the closed-form gradient of
-:func:`molkrr.metric.mlkrr._mlkrr_stationary` (written for any profile g, g′; for the Gaussian,
-g′ = −g/2, so K′V is −½(K V) from the kernel matrix already in memory instead of a second stream).
+policy of :func:`molkrr.linalg.spd_factor`, and the MLKRR objective ports the closed-form gradients
+of :mod:`molkrr.metric.mlkrr`: ``_mlkrr_stationary`` (any profile g, g′) and, for the Gaussian,
+``_mlkrr`` (K = exp(L Rᵀ) straight from the embedded rows; K V from the matrix the factorisation keeps).
 
 Memory discipline: kernel matrices are built in row blocks of at most :data:`BLOCK_ELEMENTS`
 elements (:data:`CPU_BLOCK_ELEMENTS` on the CPU, where blocks should stay in cache); the MLKRR
@@ -436,58 +436,117 @@ class TorchBackend:
             return loss, grad, {}
         return loss, grad, {"alpha": self.numpy(alpha), "train_mae": float(torch.mean(torch.abs(r)))}
 
-    def _mlkrr(self, kernel, A, Xa, ya, XA, yA, sigma, lam):
-        c = A.shape[0]
-        m = Xa.shape[0]
-        nA = XA.shape[0]
-        As = A / sigma
-        La, Ra = self._embed(Xa, As)
-        LA, _ = self._embed(XA, As, right=False)
-        Za = La[:, :c]
-        ZA = LA[:, :c]
-        g0 = float(kernel.profile(np.zeros(1))[0][0])
-        step = self._rows_per_block(m)
-
-        def value(T):
-            return kernel.profile(self._u_from_embedded(T), 0, xp=torch)[0]
-
-        # H = K_αα + λI (lower triangle in row blocks, mirrored), factored
-        H = torch.empty((m, m), device=self.torch_device, dtype=self.dtype)
-        for i0 in range(0, m, step):
-            i1 = min(i0 + step, m)
-            H[i0:i1, :i1] = value(La[i0:i1] @ Ra[:i1].T)
-        symmetrize_lower(H, step)
-        H.diagonal().fill_(g0 + lam)
+    def _factor(self, H: torch.Tensor) -> torch.Tensor:
+        """Lower Cholesky factor of H = K_αα + λI (only H's lower triangle is read), else NumericalError."""
         U, info = torch.linalg.cholesky_ex(H)
         if int(info) != 0:
             raise NumericalError(
                 f"the regularised kernel matrix K_αα + λI is not numerically positive definite (minor {int(info)}); "
                 "increase lam"
             )
-        gaussian = type(kernel) is Gaussian
-        if not gaussian:
-            del H  # K′ is streamed again below
+        return U
+
+    def _mlkrr(self, kernel, A, Xa, ya, XA, yA, sigma, lam):
+        """(loss, ∂L/∂A, α, r) on tensors: the Gaussian's closed form or the stationary one."""
+        c = A.shape[0]
+        As = A / sigma
+        La, Ra = self._embed(Xa, As)  # La[:, :c] = Z_α/σ
+        LA, _ = self._embed(XA, As, right=False)  # LA[:, :c] = Z_A/σ
+        if type(kernel) is Gaussian:
+            return self._mlkrr_gaussian(La, Ra, LA, c, Xa, ya, XA, yA, sigma, lam)
+        return self._mlkrr_stationary(kernel, La, Ra, LA, c, Xa, ya, XA, yA, sigma, lam)
+
+    def _mlkrr_gaussian(self, La, Ra, LA, c, Xa, ya, XA, yA, sigma, lam):
+        """Port of :func:`molkrr.metric.mlkrr._mlkrr`: K = exp(L Rᵀ) needs no other elementwise work on its
+        blocks, and K V = H V − λV comes from H = K_αα + λI, which the (out-of-place) factorisation keeps."""
+        m, nA = La.shape[0], LA.shape[0]
+        Za, ZA = La[:, :c], LA[:, :c]
+        H = torch.matmul(La, Ra.T).exp_()
+        H.diagonal().fill_(1.0 + lam)  # K_aa = exp(0) exactly
+        U = self._factor(H)
+        alpha = self.spd_solve(U, ya)
+
+        # Q = k(X_A, X_α) streamed in row blocks: P_b = Q_b [α∘Z_α, α] = [Q(α∘Z_α), ŷ]_b,
+        # R += Q_bᵀ [r∘Z_A, r]_b, G_A = (r∘ŷ)∘Z_A − r∘Q(α∘Z_α)
+        V = torch.cat([Za * alpha[:, None], alpha[:, None]], dim=1)
+        R = torch.zeros((m, c + 1), device=self.torch_device, dtype=self.dtype)
+        GA = torch.empty((nA, c), device=self.torch_device, dtype=self.dtype)
+        yhat = torch.empty(nA, device=self.torch_device, dtype=self.dtype)
+        step = self._rows_per_block(m)
+        for i0 in range(0, nA, step):
+            i1 = min(i0 + step, nA)
+            Qb = torch.matmul(LA[i0:i1], Ra.T).exp_()
+            Pb = Qb @ V
+            yh = Pb[:, c]
+            rb = yh - yA[i0:i1]
+            yhat[i0:i1] = yh
+            ZAb = ZA[i0:i1]
+            GA[i0:i1] = (rb * yh)[:, None] * ZAb - rb[:, None] * Pb[:, :c]
+            R.addmm_(Qb.T, torch.cat([ZAb * rb[:, None], rb[:, None]], dim=1))
+            del Qb, Pb
+        r = yhat - yA
+        loss = float(r @ r)
+        u = R[:, c]
+        beta = self.spd_solve(U, u)
+        del U
+        M = GA.T @ XA
+        del GA
+
+        # K [α∘Z_α, β∘Z_α, α, β] = (H − λI) T
+        T = torch.cat([Za * alpha[:, None], Za * beta[:, None], alpha[:, None], beta[:, None]], dim=1)
+        KT = H @ T
+        del H
+        if lam != 0.0:
+            KT.sub_(T, alpha=lam)
+        coef = alpha * u - beta * KT[:, 2 * c] - alpha * KT[:, 2 * c + 1]
+        # G_α = coef∘Z_α − α∘Qᵀ(r∘Z_A) + β∘K(α∘Z_α) + α∘K(β∘Z_α)
+        G = beta[:, None] * KT[:, :c] + alpha[:, None] * KT[:, c : 2 * c] - alpha[:, None] * R[:, :c]
+        G += coef[:, None] * Za
+        M.addmm_(G.T, Xa)
+        M.mul_(-2.0 / sigma)  # Z was scaled by 1/σ: ∂L/∂A = −(2/σ²) σ M
+        return loss, M, alpha, r
+
+    def _mlkrr_stationary(self, kernel, La, Ra, LA, c, Xa, ya, XA, yA, sigma, lam):
+        """Port of :func:`molkrr.metric.mlkrr._mlkrr_stationary` (any profile g, g′), with the scalings of
+        P = diag(2r) Q′ diag(α) moved onto thin matrices, so a streamed block needs only its profile:
+
+            P 1 = 2r∘(Q′α),  P Z_α = 2r∘Q′(α∘Z_α),  Pᵀ[Z_A, 1] = α∘(Q′ᵀ[2r∘Z_A, 2r]).
+        """
+        m, nA = La.shape[0], LA.shape[0]
+        Za, ZA = La[:, :c], LA[:, :c]
+        g0 = float(kernel.profile(np.zeros(1))[0][0])
+        step = self._rows_per_block(m)
+
+        # H = K_αα + λI: only the lower triangle is built (the factorisation reads nothing else)
+        H = torch.empty((m, m), device=self.torch_device, dtype=self.dtype)
+        for i0 in range(0, m, step):
+            i1 = min(i0 + step, m)
+            H[i0:i1, :i1] = kernel.profile(self._u_from_embedded(La[i0:i1] @ Ra[:i1].T), 0, xp=torch)[0]
+        H.diagonal().fill_(g0 + lam)
+        U = self._factor(H)
+        del H
         alpha = self.spd_solve(U, ya)
 
         # stream Q = g(U_Aα), Q′ = g′(U_Aα): ŷ, r, G_A, R = [P_Qᵀ Z_A, P_Qᵀ 1] and u = Qᵀ r
+        V = torch.cat([Za * alpha[:, None], alpha[:, None]], dim=1)
         R = torch.zeros((m, c + 1), device=self.torch_device, dtype=self.dtype)
         u = torch.zeros(m, device=self.torch_device, dtype=self.dtype)
         GA = torch.empty((nA, c), device=self.torch_device, dtype=self.dtype)
         yhat = torch.empty(nA, device=self.torch_device, dtype=self.dtype)
         for i0 in range(0, nA, step):
             i1 = min(i0 + step, nA)
-            T = self._u_from_embedded(LA[i0:i1] @ Ra.T)
-            Qb, Pb = kernel.profile(T, 1, xp=torch)
-            del T
+            Qb, Q1b = kernel.profile(self._u_from_embedded(LA[i0:i1] @ Ra.T), 1, xp=torch)
             yh = Qb @ alpha
             rb = yh - yA[i0:i1]
             yhat[i0:i1] = yh
-            Pb.mul_(alpha[None, :]).mul_(2.0 * rb[:, None])  # P_Q block = 2 r αᵀ ∘ Q′
-            GA[i0:i1] = Pb.sum(dim=1)[:, None] * ZA[i0:i1] - Pb @ Za
-            R[:, :c].addmm_(Pb.T, ZA[i0:i1])
-            R[:, c] += Pb.sum(dim=0)
             u.addmv_(Qb.T, rb)
-            del Qb, Pb
+            S = Q1b @ V  # [Q′(α∘Z_α), Q′α]
+            r2 = 2.0 * rb
+            ZAb = ZA[i0:i1]
+            GA[i0:i1] = r2[:, None] * (S[:, c : c + 1] * ZAb - S[:, :c])
+            R.addmm_(Q1b.T, torch.cat([ZAb * r2[:, None], r2[:, None]], dim=1))
+            del Qb, Q1b
+        R.mul_(alpha[:, None])
         r = yhat - yA
         loss = float(r @ r)
         beta = self.spd_solve(U, u)
@@ -495,26 +554,12 @@ class TorchBackend:
         M = GA.T @ XA
         del GA
 
-        # K′ V with V = [α∘Z_α, β∘Z_α, α, β]
-        V = torch.empty((m, 2 * c + 2), device=self.torch_device, dtype=self.dtype)
-        torch.mul(Za, alpha[:, None], out=V[:, :c])
-        torch.mul(Za, beta[:, None], out=V[:, c : 2 * c])
-        V[:, 2 * c] = alpha
-        V[:, 2 * c + 1] = beta
-        if gaussian:
-            # g′ = −g/2 and K = H − λI: K′V = −½ (H V − λ V), from the matrix already in memory
-            KV = H @ V
-            if lam != 0.0:
-                KV.sub_(V, alpha=lam)
-            KV.mul_(-0.5)
-            del H
-        else:
-            KV = torch.empty_like(V)
-            for i0 in range(0, m, step):
-                i1 = min(i0 + step, m)
-                T = self._u_from_embedded(La[i0:i1] @ Ra.T)
-                KV[i0:i1] = kernel.profile(T, 1, xp=torch)[1] @ V
-                del T
+        # K′ V with V = [α∘Z_α, β∘Z_α, α, β], K′ = g′(U_αα) streamed in row blocks
+        V = torch.cat([Za * alpha[:, None], Za * beta[:, None], alpha[:, None], beta[:, None]], dim=1)
+        KV = torch.empty_like(V)
+        for i0 in range(0, m, step):
+            i1 = min(i0 + step, m)
+            KV[i0:i1] = kernel.profile(self._u_from_embedded(La[i0:i1] @ Ra.T), 1, xp=torch)[1] @ V
         PK_Z = -2.0 * (beta[:, None] * KV[:, :c])  # P_K Z_α
         PKt_Z = -2.0 * (alpha[:, None] * KV[:, c : 2 * c])  # P_Kᵀ Z_α
         PK_1 = -2.0 * beta * KV[:, 2 * c]  # P_K 1
