@@ -240,7 +240,8 @@ def test_sklearn_estimator_checks():
 
 def test_params_and_clone():
     m = KernelRidge(kernel="laplacian", sigma=3.0, lam=1e-4, center=False)
-    assert m.get_params() == {"kernel": "laplacian", "sigma": 3.0, "lam": 1e-4, "center": False}
+    assert m.get_params() == {"kernel": "laplacian", "sigma": 3.0, "lam": 1e-4, "center": False,
+                              "backend": None, "device": None}
     c = clone(m)
     assert c.get_params() == m.get_params() and c is not m
     with pytest.raises(NotFittedError):
