@@ -3,7 +3,8 @@
 Three measurements, each printed with the numpy time, the torch time, their ratio and the largest
 relative difference of the results (the same computation on both backends):
 
-* the MLKRR objective + gradient (Gaussian, or ``--kernel matern52``; d = 720 random features, A = identity, n_α = n_A = n/2)
+* the MLKRR objective + gradient (Gaussian, or ``--kernel matern52``; d = 720 random features,
+  A = identity, n_α = n_A = n/2)
   at n = 4,000, 8,000, 20,000 (``--sizes``), with the device's peak memory;
 * a KRR fit (Gaussian, Cholesky) at n = 20,000 (``--krr-n``; 0 skips it);
 * energy + forces of one molecule from a MolecularKRR model (sorted Coulomb matrix) trained on
@@ -104,7 +105,8 @@ def mlkrr_section(args, device: str) -> None:
         t_torch, (loss_t, grad_t, _) = best_time(lambda: be.mlkrr(kernel, A, *data, sigma, lam), args.repeat)
         peak = peak_gb(device)
         if n <= args.numpy_max_n:
-            t_np, (loss_n, grad_n, _) = best_time(lambda: objective(A, Xa, ya, XA, yA, sigma, lam), 1 if n > 8000 else 2)
+            repeat = 1 if n > 8000 else 2
+            t_np, (loss_n, grad_n, _) = best_time(lambda: objective(A, Xa, ya, XA, yA, sigma, lam), repeat)
             diff = max(abs(loss_t - loss_n) / abs(loss_n), rel(grad_t, grad_n))
             line = f"{n:7d}{t_np:10.3f}{t_torch:10.3f}{t_np / t_torch:8.1f}{peak}{diff:10.1e}"
         else:

@@ -346,6 +346,8 @@ def test_too_large_for_the_device_says_which_n_fits(monkeypatch, split):
         be.mlkrr(make_kernel("gaussian"), A, Xa, ya, XA, yA, 2.0, 1e-3)
     with pytest.raises(DeviceMemoryError, match=r"KRR fit of up to about n = \d+"):
         be.krr_fit(make_kernel("gaussian", 1.0), Xa, ya, 1e-3)
+    with pytest.raises(DeviceMemoryError, match=r"MLKR objective fits there up to about n = \d+"):
+        be.mlkr(A, Xa, ya, 2.0)
     assert issubclass(DeviceMemoryError, MemoryError)
 
 
@@ -359,6 +361,10 @@ def test_out_of_memory_during_the_objective_is_a_typed_error(monkeypatch, split)
 
     monkeypatch.setattr(be, "_mlkrr", oom)
     with pytest.raises(DeviceMemoryError, match="ran out of memory.*fits there up to about n_α"):
+        be.mlkrr(make_kernel("gaussian"), A, Xa, ya, XA, yA, 2.0, 1e-3)
+    monkeypatch.setattr(be, "free_memory", lambda: 10**9)  # as on a GPU: sized by the memory free at the start
+    # 2 n_α² float64 in 0.9 GB: n_α ≈ 7,500
+    with pytest.raises(DeviceMemoryError, match=r"1\.0 GB were free\); the MLKRR objective fits .* n_α = 7,470"):
         be.mlkrr(make_kernel("gaussian"), A, Xa, ya, XA, yA, 2.0, 1e-3)
 
 

@@ -140,7 +140,10 @@ def set_backend(backend: str | None = None, device: str | None = None, dtype: st
 
 
 def default_backend() -> tuple[str, str | None, str | None]:
-    """(name, device, dtype) of the process default: :func:`set_backend`, else MOLKRR_BACKEND/MOLKRR_DEVICE, else numpy."""
+    """(name, device, dtype) of the process default.
+
+    From :func:`set_backend`, else the environment (MOLKRR_BACKEND, MOLKRR_DEVICE), else numpy.
+    """
     if _DEFAULT["backend"] is not None:
         return _DEFAULT["backend"], _DEFAULT["device"], _DEFAULT["dtype"]
     return (os.environ.get("MOLKRR_BACKEND") or "numpy", os.environ.get("MOLKRR_DEVICE") or None, None)

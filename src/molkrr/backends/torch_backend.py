@@ -144,14 +144,11 @@ class TorchBackend:
         except (RuntimeError, MemoryError) as exc:
             if not (_is_oom(exc) or isinstance(exc, MemoryError)) or isinstance(exc, DeviceMemoryError):
                 raise
-            free = self.free_memory()
-            if self.torch_device.type == "cuda":
-                torch.cuda.empty_cache()
-                free = self.free_memory()
-            avail = f"{free / 1e9:.1f} GB are free" if free is not None else "the machine's memory is exhausted"
+            # sized by the memory that was free when the computation started (None on the CPU: less than it needed)
+            avail = free if free is not None else need // 2
+            where = f"{free / 1e9:.1f} GB were free" if free is not None else "the machine's memory ran out"
             raise DeviceMemoryError(
-                f"{what} ran out of memory on {self.device} (needs about {need / 1e9:.1f} GB; {avail}); "
-                f"{fits(free if free is not None else need // 2)}"
+                f"{what} ran out of memory on {self.device} (needs about {need / 1e9:.1f} GB; {where}); {fits(avail)}"
             ) from exc
 
     # ------------------------------------------------------------------------------ kernel blocks
@@ -174,7 +171,9 @@ class TorchBackend:
             return D.exp_()
         if isinstance(kernel, Linear):
             return A @ B.T
-        raise InvalidInputError(f"kernel {kernel.name!r} has no torch implementation (stationary kernels, laplacian, linear)")
+        raise InvalidInputError(
+            f"kernel {kernel.name!r} has no torch implementation (stationary kernels, laplacian and linear have)"
+        )
 
     @staticmethod
     def _block_sq_distances(A, B, a2, b2):
@@ -380,7 +379,7 @@ class TorchBackend:
 
     # ------------------------------------------------------------------------------ MLKRR
     def _embed(self, X: torch.Tensor, As: torch.Tensor, right: bool = True):
-        """L = [Z, ½‖z‖², 1] and R = [Z, −1, −½‖z‖²] with Z = X Asᵀ: L_i · R_j = −u_ij/2 (see kernels.blocks.embed)."""
+        """L = [Z, ½‖z‖², 1] and R = [Z, −1, −½‖z‖²], Z = X Asᵀ: L_i · R_j = −u_ij/2 (as kernels.blocks.embed)."""
         n, c = X.shape[0], As.shape[0]
         L = torch.empty((n, c + 2), device=self.torch_device, dtype=self.dtype)
         torch.matmul(X, As.T, out=L[:, :c])
@@ -576,10 +575,12 @@ class TorchBackend:
         A, X, y = self.asarray(A), self.asarray(X), self.asarray(y)
         n, d = X.shape
         c = A.shape[0]
-        need = self._itemsize() * (4 * self._rows_per_block(n) * n + n * (2 * d + 3 * c + 8))
+        per_row = 2 * d + 3 * c + 8  # data, embeddings, gradient buffers per training row
+        need = self._itemsize() * (4 * self._rows_per_block(n) * n + n * per_row)
 
         def fits(avail: int) -> str:
-            return "use a smaller training set"
+            n_max = int(max(avail / self._itemsize() - 4 * self.block_elements, 0) / per_row * 0.9)
+            return f"the MLKR objective fits there up to about n = {n_max:,}"
 
         with self._memory_guard(f"MLKR objective with n={n:,}", need, fits):
             L, R = self._embed(X, A / sigma)
