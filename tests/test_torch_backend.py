@@ -124,10 +124,10 @@ def test_global_default_and_environment(monkeypatch, rng):
     m = KernelRidge(sigma=2.0, lam=1e-3).fit(X, y)
     m.predict(X[:3])
     assert any(k.startswith("_rows_torch_cpu") for k in vars(m))
-    set_backend(None)
     monkeypatch.setenv("MOLKRR_BACKEND", "torch")
     monkeypatch.setenv("MOLKRR_DEVICE", "cpu")
-    assert get_backend().name == "torch"
+    set_backend(None)  # back to the environment, read again
+    assert get_backend().name == "torch" and get_backend().device == "cpu"
     m2 = KernelRidge(sigma=2.0, lam=1e-3, backend="numpy").fit(X, y)  # an explicit backend wins
     m2.predict(X[:3])
     assert not any(k.startswith("_rows_") for k in vars(m2))

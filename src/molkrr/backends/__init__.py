@@ -7,9 +7,9 @@
 
 Estimators (``KernelRidge``, ``MolecularKRR``, ``MLKRR``, ``MLKR``) and the objective functions take
 ``backend=`` and ``device=`` ("cpu", "cuda", "cuda:N"); ``None`` means the process default, set by
-:func:`set_backend` or the environment variables ``MOLKRR_BACKEND`` and ``MOLKRR_DEVICE`` (numpy if
-neither). Arrays go in and come back as numpy arrays; float64 unless a backend is built with
-``dtype="float32"`` (see docs/gpu.md for when that is accurate enough).
+:func:`set_backend` or the environment variables ``MOLKRR_BACKEND`` and ``MOLKRR_DEVICE`` (read at
+first use; numpy if neither). Arrays go in and come back as numpy arrays; float64 unless a backend
+is built with ``dtype="float32"`` (see docs/gpu.md for when that is accurate enough).
 
 The seam
 --------
@@ -44,6 +44,7 @@ from ..errors import BackendUnavailableError, InvalidInputError, NotDifferentiab
 BACKENDS = ("numpy", "torch")
 
 _DEFAULT: dict[str, Any] = {"backend": None, "device": None, "dtype": None}
+_ENVIRONMENT: list[tuple] = []  # (MOLKRR_BACKEND, MOLKRR_DEVICE) as read at first use
 _CACHE: dict[tuple, Any] = {}
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -137,16 +138,20 @@ def set_backend(backend: str | None = None, device: str | None = None, dtype: st
     if backend is not None:
         get_backend(backend, device, dtype)  # validate
     _DEFAULT.update(backend=backend, device=device, dtype=dtype)
+    _ENVIRONMENT.clear()  # read again at the next use
 
 
 def default_backend() -> tuple[str, str | None, str | None]:
     """(name, device, dtype) of the process default.
 
-    From :func:`set_backend`, else the environment (MOLKRR_BACKEND, MOLKRR_DEVICE), else numpy.
+    From :func:`set_backend`, else the environment (MOLKRR_BACKEND, MOLKRR_DEVICE; read at first use
+    and again after ``set_backend(None)``), else numpy.
     """
     if _DEFAULT["backend"] is not None:
         return _DEFAULT["backend"], _DEFAULT["device"], _DEFAULT["dtype"]
-    return (os.environ.get("MOLKRR_BACKEND") or "numpy", os.environ.get("MOLKRR_DEVICE") or None, None)
+    if not _ENVIRONMENT:
+        _ENVIRONMENT.append((os.environ.get("MOLKRR_BACKEND") or "numpy", os.environ.get("MOLKRR_DEVICE") or None))
+    return (*_ENVIRONMENT[0], None)
 
 
 def get_backend(backend: str | None = None, device: str | None = None, dtype: str | None = None) -> Any:
@@ -161,6 +166,10 @@ def get_backend(backend: str | None = None, device: str | None = None, dtype: st
         backend, default_device, default_dtype = default_backend()
         device = default_device if device is None else device
         dtype = default_dtype if dtype is None else dtype
+    key = (backend, device, dtype)
+    cached = _CACHE.get(key) if isinstance(backend, str) and isinstance(device, (str, type(None))) else None
+    if cached is not None:  # checked when it was made; this is the per-call path of every estimator
+        return cached
     if not isinstance(backend, str) or backend not in _FACTORIES:
         raise InvalidInputError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     if device is not None:
@@ -168,9 +177,7 @@ def get_backend(backend: str | None = None, device: str | None = None, dtype: st
             raise InvalidInputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if dtype not in (None, "float64", "float32"):
         raise InvalidInputError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    key = (backend, device, dtype)
-    if key not in _CACHE:
-        _CACHE[key] = _FACTORIES[backend](device, dtype)
+    _CACHE[key] = _FACTORIES[backend](device, dtype)
     return _CACHE[key]
 
 
