@@ -121,7 +121,7 @@ def test_every_error_is_also_the_matching_builtin():
     for name in dir(errors):
         cls = getattr(errors, name)
         if isinstance(cls, type) and issubclass(cls, MolkrrError) and cls is not MolkrrError:
-            assert any(b in cls.__mro__ for b in (ValueError, TypeError, IndexError, ArithmeticError, RuntimeError)), name
+            assert any(b in cls.__mro__ for b in (ValueError, TypeError, IndexError, ArithmeticError, RuntimeError, MemoryError)), name
     assert issubclass(InputTypeError, TypeError)
 
 

@@ -236,6 +236,8 @@ def test_params_and_clone():
         "kernel": "laplacian", "sigma": 3.0, "lam": 1e-4, "center": False,
         # large-n solver (molkrr.solvers.falkon)
         "solver": "auto", "n_centers": None, "cg_tol": 1e-6, "cg_max_iter": 500, "random_state": 0,
+        # compute backend (molkrr.backends)
+        "backend": None, "device": None,
     }
     c = clone(m)
     assert c.get_params() == m.get_params() and c is not m

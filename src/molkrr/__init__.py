@@ -8,6 +8,7 @@ first used, so ``import molkrr`` loads none of their compiled kernels.
 from typing import Any as _Any
 
 from . import datasets
+from .backends import set_backend
 from .errors import MolkrrError
 from .kernels import make_kernel
 from .krr import KernelRidge, select_hyperparameters
@@ -41,6 +42,7 @@ _API = [
     "mlkrr_loss_and_grad",
     "save_model",
     "select_hyperparameters",
+    "set_backend",
     "__version__",
 ]
 

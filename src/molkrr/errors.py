@@ -70,3 +70,11 @@ class InvalidInputError(MolkrrError, ValueError):
 
 class InputTypeError(MolkrrError, TypeError):
     """An argument is of a type molkrr cannot use (e.g. a string where molecules are expected)."""
+# -- compute backends (issue 13) --------------------------------------------------------------------
+class BackendUnavailableError(MolkrrError, RuntimeError):
+    """A compute backend or device was asked for that this installation or machine does not have
+    (e.g. ``backend="torch"`` without torch installed, ``device="cuda"`` without a GPU)."""
+
+
+class DeviceMemoryError(MolkrrError, MemoryError):
+    """A computation does not fit in the memory of its device; the message says which size fits."""

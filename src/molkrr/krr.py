@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._validation import as_molkrr_error
+from .backends import get_backend, is_numpy
 from .errors import InvalidInputError, ShapeMismatchError
 from .kernels import Kernel, make_kernel, squared_distances
 from .linalg import spd_factor, spd_solve
@@ -51,6 +52,10 @@ class KernelRidge(RegressorMixin, BaseEstimator):
     cg_tol, cg_max_iter : CG stopping rule of 'falkon' (relative residual of the preconditioned system).
     random_state : int
         Seed of the centre draw.
+    backend, device : str or None
+        Where fit, predict and predict_with_gradient compute: backend 'numpy' or 'torch', device
+        'cpu', 'cuda' or 'cuda:N'; None: the process default (:func:`molkrr.set_backend`, numpy
+        unless set). See :mod:`molkrr.backends`. Results are numpy arrays either way.
 
     Fitted attributes: ``X_fit_`` (n, d) (the centres (m, d) for 'falkon'), ``alpha_`` (n,) or (n, t),
     ``y_mean_``, ``lam_`` (λ actually used, larger than ``lam`` if a jitter was needed), ``n_features_in_``,
@@ -68,6 +73,8 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         cg_tol: float = 1e-6,
         cg_max_iter: int = 500,
         random_state: int = 0,
+        backend: str | None = None,
+        device: str | None = None,
     ) -> None:
         self.kernel = kernel
         self.sigma = sigma
@@ -78,6 +85,8 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         self.cg_tol = cg_tol
         self.cg_max_iter = cg_max_iter
         self.random_state = random_state
+        self.backend = backend
+        self.device = device
 
     @property
     def kernel_(self) -> Kernel:
@@ -103,14 +112,20 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         from .solvers.falkon import auto_solver, fit_falkon
 
         self.solver_ = auto_solver(self.solver, X.shape[0])
+        be = get_backend(self.backend, self.device)
         if self.solver_ == "falkon":
+            if not is_numpy(be):
+                raise InvalidInputError("solver='falkon' runs on the numpy backend only (backend='numpy')")
             self.X_fit_, self.alpha_, self.n_iter_ = fit_falkon(self, kernel, X, y - self.y_mean_, progress=progress)
             self.lam_ = float(self.lam)
             self._train_sq_norms()
             return self
         # ---- exact solver
-        L, self.lam_ = spd_factor(lambda: kernel(X), float(self.lam))
-        self.alpha_ = spd_solve(L, y - self.y_mean_)
+        if not is_numpy(be):  # compute backend (issue 13)
+            self.alpha_, self.lam_ = be.krr_fit(kernel, X, y - self.y_mean_, float(self.lam))
+        else:
+            L, self.lam_ = spd_factor(lambda: kernel(X), float(self.lam))
+            self.alpha_ = spd_solve(L, y - self.y_mean_)
         self.X_fit_ = X
         self._train_sq_norms()
         return self
@@ -123,6 +138,9 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         except ValueError as exc:
             raise as_molkrr_error(exc) from None
         kernel = self.kernel_
+        be = get_backend(self.backend, self.device)
+        if not is_numpy(be):  # compute backend (issue 13)
+            return be.krr_predict(kernel, X, self._backend_rows(be), self.alpha_) + self.y_mean_
         out = np.empty((X.shape[0],) + self.alpha_.shape[1:])
         for start in range(0, X.shape[0], PREDICT_BLOCK):
             stop = min(start + PREDICT_BLOCK, X.shape[0])
@@ -158,6 +176,10 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         if n_active is not None and np.any(X[:, n_active:]):
             n_active = None  # the promise does not hold: use every column
         kernel = self.kernel_
+        be = get_backend(self.backend, self.device)
+        if not is_numpy(be):  # compute backend (issue 13)
+            values, grads = be.krr_value_and_gradient(kernel, X, self._backend_rows(be), self.alpha_, n_active)
+            return values + self.y_mean_, grads
         values = np.empty(X.shape[0])
         grads = np.empty_like(X)
         for start in range(0, X.shape[0], PREDICT_BLOCK):
@@ -184,6 +206,10 @@ class KernelRidge(RegressorMixin, BaseEstimator):
     def _train_sq_norms(self) -> np.ndarray:
         """‖x_m‖² of the training rows (n,)."""
         return self._derived("_sq_norms", lambda X: np.einsum("ij,ij->i", X, X))
+
+    def _backend_rows(self, be: Any) -> Any:
+        """The training rows as a compute backend keeps them (on its device), uploaded once per fit (issue 13)."""
+        return self._derived(f"_rows_{be.name}_{be.device}_{be.dtype}", be.rows)
 
 
 # ----------------------------------------------------------------------------- selection

@@ -56,6 +56,10 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         KRR solver, see :class:`molkrr.KernelRidge` ('falkon': Nyström + preconditioned CG for large n).
     n_centers : int, optional
         Nyström centres for ``solver='falkon'``.
+    backend, device : str or None
+        Where the KRR fit, predictions and forces' kernel part compute ('numpy' or 'torch';
+        'cpu', 'cuda', 'cuda:N'; None: the process default), passed to the KernelRidge
+        (:mod:`molkrr.backends`). σ/λ selection, representations and the metric run on numpy.
 
     Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_``, ``sigma_``, ``lam_``,
     ``elements_`` (atomic numbers of the training set: prediction refuses others, see
@@ -74,6 +78,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         energy_unit: str | None = None,
         solver: str = "auto",
         n_centers: int | None = None,
+        backend: str | None = None,
+        device: str | None = None,
     ) -> None:
         self.representation = representation
         self.kernel = kernel
@@ -85,6 +91,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.energy_unit = energy_unit
         self.solver = solver
         self.n_centers = n_centers
+        self.backend = backend
+        self.device = device
 
     # ------------------------------------------------------------------ fitting
     def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
@@ -136,7 +144,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
             width = f"sigma={self.sigma_:.4g}, " if self.sigma_ is not None else ""
             print(f"solving the kernel system of {len(y)} molecules ({width}lambda={lam:.1e})", file=sys.stderr)
         self.krr_ = KernelRidge(
-            self.kernel, self.sigma_, self.lam_, self.center, solver=self.solver, n_centers=self.n_centers
+            self.kernel, self.sigma_, self.lam_, self.center, solver=self.solver, n_centers=self.n_centers,
+            backend=self.backend, device=self.device,
         ).fit(X, y, progress=progress)
         self.elements_ = training_elements(mols)  # molkrr.applicability: the elements predict accepts
         return self

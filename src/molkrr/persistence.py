@@ -655,6 +655,9 @@ def _check_solver_params(f: _Fields) -> None:
         _integer(*f.p("cg_max_iter"), 1)
     if "random_state" in f.params:
         _integer(*f.p("random_state"), 0, none=True)
+    for key in ("backend", "device"):  # the compute backend (molkrr.backends)
+        if key in f.params:
+            _text(*f.p(key), none=True, max_len=64)
 
 
 def _check_kernel_ridge(f: _Fields) -> None:

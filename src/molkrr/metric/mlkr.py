@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends import get_backend, is_numpy
 from ..errors import InvalidInputError, NumericalError, ShapeMismatchError
 from ..kernels.blocks import STREAM_BLOCK, embed
 from ..linalg import gemm
@@ -57,12 +58,14 @@ def _mlkr(A, X, y, sigma, want_aux=False):
 
 
 def mlkr_loss_and_grad(
-    A: np.ndarray, X: np.ndarray, y: np.ndarray, sigma: float, *, return_sigma_grad: bool = False
+    A: np.ndarray, X: np.ndarray, y: np.ndarray, sigma: float, *, return_sigma_grad: bool = False,
+    backend: str | None = None, device: str | None = None,
 ) -> tuple[float, np.ndarray] | tuple[float, np.ndarray, float]:
     """MLKR leave-one-out loss Σ_i (ŷ_i − y_i)² and ∂L/∂A (shape of A).
 
     A (n_components, n_features), X (n, n_features) with n ≥ 2, y (n,), sigma > 0 (units of A x).
-    With ``return_sigma_grad`` also ∂L/∂σ = −⟨∂L/∂A, A⟩/σ.
+    With ``return_sigma_grad`` also ∂L/∂σ = −⟨∂L/∂A, A⟩/σ. backend, device: where it is computed
+    (see :mod:`molkrr.backends`; None: the process default).
     """
     A = as_float_matrix(A, "A")
     X = as_float_matrix(X, "X")
@@ -72,7 +75,11 @@ def mlkr_loss_and_grad(
         raise InvalidInputError("MLKR needs at least 2 samples")
     y = as_float_vector(y, "y", X.shape[0])
     sigma = check_positive(sigma, "sigma")
-    loss, grad, _ = _mlkr(A, X, y, sigma)
+    be = get_backend(backend, device)
+    if not is_numpy(be):  # compute backend (issue 13)
+        loss, grad, _ = be.mlkr(A, X, y, sigma)
+    else:
+        loss, grad, _ = _mlkr(A, X, y, sigma)
     if not np.isfinite(loss) or not np.isfinite(grad).all():
         raise NumericalError("MLKR loss or gradient is not finite")
     if return_sigma_grad:
@@ -102,7 +109,8 @@ class MLKR(MetricLearner):
     sigma = 1/√2), learn_sigma (a gauge direction, as for MLKRR), max_iter, tol, random_state,
     verbose, callback, validation_every (with ``fit(..., validation_data=...)``: Nadaraya–Watson
     prediction from all training points). NW is shift-equivariant in y, so there is no centring.
-    MLKR is the paper's baseline and keeps its Gaussian kernel.
+    MLKR is the paper's baseline and keeps its Gaussian kernel. backend, device: where the objective
+    is evaluated ('numpy' or 'torch'; 'cpu', 'cuda', 'cuda:N'; None: the process default).
 
     Fitted attributes: components_, sigma_, n_iter_, history_ (as MLKRR), seed_, n_features_in_.
     """
@@ -119,6 +127,8 @@ class MLKR(MetricLearner):
         verbose=0,
         callback=None,
         validation_every=1,
+        backend=None,
+        device=None,
     ):
         self.n_components = n_components
         self.init = init
@@ -130,17 +140,27 @@ class MLKR(MetricLearner):
         self.verbose = verbose
         self.callback = callback
         self.validation_every = validation_every
+        self.backend = backend
+        self.device = device
 
     def fit(self, X, y, *, validation_data=None):
         """Learn A from X (n, n_features) and y (n,); validation_data (X_val, y_val) is traced in ``history_``."""
+        get_backend(self.backend, self.device)  # an unknown backend or a missing device fails here
         return self._fit(X, y, validation_data=validation_data)
 
     def _segment_length(self) -> int:
         return max(int(self.max_iter), 1)
 
     def _segment_objective(self, X, y, segment, seed):
-        def fn(A, sigma):
-            return _mlkr(A, X, y, sigma, want_aux=True)
+        be = get_backend(self.backend, self.device)
+        if not is_numpy(be):  # compute backend (issue 13): the data goes to the device once
+            Xd, yd = be.asarray(X), be.asarray(y)
+
+            def fn(A, sigma):
+                return be.mlkr(A, Xd, yd, sigma, want_aux=True)
+        else:
+            def fn(A, sigma):
+                return _mlkr(A, X, y, sigma, want_aux=True)
 
         def predictor(Xv, A, sigma, aux):
             return nadaraya_watson_predict(Xv, X, y, A, sigma)

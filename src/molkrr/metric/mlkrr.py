@@ -20,12 +20,14 @@ and never stored. The only n²-sized array is the Cholesky buffer.
 from __future__ import annotations
 
 import mmap
+from functools import partial
 from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_solve
 from scipy.linalg.blas import dtrmm
 
+from ..backends import get_backend, is_numpy
 from ..errors import InvalidInputError, NumericalError, ShapeMismatchError
 from ..kernels import Gaussian, Kernel, StationaryKernel, make_kernel
 from ..kernels.blocks import STREAM_BLOCK, embed, embedded_blocks
@@ -276,6 +278,8 @@ def mlkrr_loss_and_grad(
     kernel: "str | Kernel" = "gaussian",
     *,
     return_sigma_grad: bool = False,
+    backend: str | None = None,
+    device: str | None = None,
 ) -> tuple[float, np.ndarray] | tuple[float, np.ndarray, float]:
     """MLKRR loss L = Σ_A (ŷ − y)² and its gradient ∂L/∂A (same shape as A).
 
@@ -287,6 +291,8 @@ def mlkrr_loss_and_grad(
     points on which the squared error is measured. sigma > 0 in the units of A x; lam ≥ 0.
     Targets are used as given (no centring). With ``return_sigma_grad`` also returns ∂L/∂σ
     (= −⟨∂L/∂A, A⟩/σ: the kernel depends on A/σ only).
+    backend, device : where it is computed ('numpy' or 'torch'; 'cpu', 'cuda', 'cuda:N'; None: the
+    process default), see :mod:`molkrr.backends`; the result is numpy either way.
     """
     A = as_float_matrix(A, "A")
     Xa = as_float_matrix(X_alpha, "X_alpha")
@@ -301,7 +307,12 @@ def mlkrr_loss_and_grad(
     yA = as_float_vector(y_A, "y_A", XA.shape[0])
     sigma = check_positive(sigma, "sigma")
     lam = check_positive(lam, "lam", allow_zero=True)
-    loss, grad, _ = _objective(metric_kernel(kernel))(A, Xa, ya, XA, yA, sigma, lam)
+    kern = metric_kernel(kernel)
+    be = get_backend(backend, device)
+    if not is_numpy(be):  # compute backend (issue 13)
+        loss, grad, _ = be.mlkrr(kern, A, Xa, ya, XA, yA, sigma, lam)
+    else:
+        loss, grad, _ = _objective(kern)(A, Xa, ya, XA, yA, sigma, lam)
     if not np.isfinite(loss) or not np.isfinite(grad).all():
         raise NumericalError("MLKRR loss or gradient is not finite; increase lam")
     if return_sigma_grad:
@@ -331,6 +342,9 @@ class MLKRR(MetricLearner):
     ----------
     kernel : str or Kernel — 'gaussian' (default), 'matern32', 'matern52' or a stationary kernel
         object; the object's own σ is ignored (``sigma`` below is the width). The Laplacian is refused.
+    backend, device : str or None — where the objective is evaluated ('numpy' or 'torch'; 'cpu', 'cuda',
+        'cuda:N'; None: the process default), see :mod:`molkrr.backends`. The optimiser, validation
+        and checkpoints run on numpy; a checkpoint resumes on any backend.
     n_components : int or None — rows of A (None: n_features). Fewer rows reduce the dimension.
     init : 'identity' (default, the paper's choice; truncated if n_components < n_features),
         'pca', 'random' (N(0, 1/n_features) entries) or an array (n_components, n_features).
@@ -378,6 +392,8 @@ class MLKRR(MetricLearner):
         callback=None,
         validation_every=1,
         kernel="gaussian",
+        backend=None,
+        device=None,
     ):
         self.n_components = n_components
         self.init = init
@@ -394,6 +410,8 @@ class MLKRR(MetricLearner):
         self.callback = callback
         self.validation_every = validation_every
         self.kernel = kernel
+        self.backend = backend
+        self.device = device
 
     _checkpoint_keys = ("n_components", "sigma", "learn_sigma", "lam", "alpha_fraction", "shuffle_every", "tol",
                         "center_y")
@@ -414,6 +432,7 @@ class MLKRR(MetricLearner):
             raise InvalidInputError(f"alpha_fraction must be in (0, 1), got {self.alpha_fraction!r}")
         check_int(self.shuffle_every, "shuffle_every", 1)
         metric_kernel(self.kernel)
+        get_backend(self.backend, self.device)  # an unknown backend or a missing device fails here
         return self._fit(X, y, validation_data=validation_data, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
     def _segment_length(self) -> int:
@@ -433,9 +452,14 @@ class MLKRR(MetricLearner):
 
         kernel = metric_kernel(self.kernel)
         objective = _objective(kernel)
+        data = (Xa, ya, XA, yA)
+        be = get_backend(self.backend, self.device)
+        if not is_numpy(be):  # compute backend (issue 13): the segment's data goes to the device once
+            data = tuple(be.asarray(v) for v in data)
+            objective = partial(be.mlkrr, kernel)
 
         def fn(A, sigma):
-            return objective(A, Xa, ya, XA, yA, sigma, lam, want_aux=True)
+            return objective(A, *data, sigma, lam, want_aux=True)
 
         def predictor(Xv, A, sigma, aux):
             alpha = aux.get("alpha")
