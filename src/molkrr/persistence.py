@@ -46,6 +46,7 @@ def allowed_classes() -> dict[str, type]:
         "FCHL19": ("molkrr.representations.fchl19", "FCHL19"),
         "MLKRR": ("molkrr.metric.mlkrr", "MLKRR"),
         "MLKR": ("molkrr.metric.mlkr", "MLKR"),
+        "DerivativeKRR": ("molkrr.derivative_krr", "DerivativeKRR"),  # force-trained / local-kernel models
     }
     import importlib
 

@@ -7,7 +7,7 @@ from typing import Any
 from .base import Representation
 
 #: Names accepted by :func:`make_representation` (and the CLI's ``--representation``).
-REPRESENTATIONS = ("cm-sorted", "cm-unsorted", "cm-eigenvalues", "bob", "fchl19")
+REPRESENTATIONS = ("cm-sorted", "cm-unsorted", "cm-eigenvalues", "bob", "fchl19", "fchl19-local")
 
 
 def make_representation(name: str, **params: Any) -> Representation:
@@ -26,7 +26,7 @@ def make_representation(name: str, **params: Any) -> Representation:
         from .fchl19 import FCHL19
 
         return FCHL19(form="global", **params)
-    elif name == "fchl19-atomic":
+    elif name in ("fchl19-atomic", "fchl19-local"):  # one row per atom: MolecularKRR uses the local kernel
         from .fchl19 import FCHL19
 
         return FCHL19(form="atomic", **params)
