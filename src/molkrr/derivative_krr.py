@@ -49,6 +49,7 @@ which the representation's VJP turns into forces: F = −∇E exactly (a conserv
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -68,6 +69,8 @@ from .molecules import Molecules
 TARGETS = ("energy", "forces", "energy+forces")
 #: Budget (float64 elements) of the largest temporary of one Gram block (≈ 128 MB).
 BLOCK_ELEMENTS = 16_000_000
+#: Threads that build Gram blocks concurrently (each with single-threaded BLAS).
+_N_WORKERS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
 #: Relative singular value below which a rigid-motion vector is dependent (linear molecules).
 _RIGID_RTOL = 1e-8
 
@@ -234,7 +237,7 @@ def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str) -> np.ndarray:
         u = u.reshape(b, a, nA * d).transpose(1, 2, 0)  # (a, nA d, b)
         out[:, o:, :, 0] = np.matmul(JA.reshape(a, nA * d, qA).transpose(0, 2, 1), u)
     # c₁ part: Σ_{f∈Bj} S_fᵀ J_f with S_f = Σ_{e∈Ai} c₁(e,f) J_e
-    C1 = c1.reshape(a, nA, b * nB).transpose(0, 2, 1)  # (a, b nB, nA)
+    C1 = np.ascontiguousarray(c1.reshape(a, nA, b * nB).transpose(0, 2, 1))  # (a, b nB, nA)
     S = np.matmul(C1, JA.reshape(a, nA, d * qA))  # (a, b nB, d qA)
     S = S.reshape(a, b, nB * d, qA).transpose(0, 1, 3, 2)  # (a, b, qA, nB d)
     FF = np.matmul(S, JB.reshape(1, b, nB * d, qB))  # (a, b, qA, qB)
@@ -265,6 +268,7 @@ def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarra
     K = np.zeros((n, n))
     groups = _groups(env)
     d = env.X.shape[1]
+    tasks = []  # (row chunk, column group, column chunk size, same group)
     for gi, GA in enumerate(groups):
         nA = int(env.env_offsets[GA[0] + 1] - env.env_offsets[GA[0]])
         qA = env.J[GA[0]].shape[2] if targets != "energy" else 1
@@ -274,15 +278,32 @@ def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarra
             # the largest temporaries are (a, b nB, d qA) and (a nA, b nB, q): keep them within budget
             per_pair = max(nB * d * qA, nA * nB * max(qA, qB), 1)
             side = max(1, int(np.sqrt(BLOCK_ELEMENTS / per_pair)))
-            for ca in _chunks(GA, side):
-                A = _stack(env, ca)
-                for cb in _chunks(GB, side):
-                    if lower_only and gi == gj and cb[0] > ca[-1]:
-                        break
-                    blk = gram_block(kernel, A, _stack(env, cb), targets)
-                    r0, r1 = int(rows[ca[0]]), int(rows[ca[-1] + 1])
-                    s0, s1 = int(rows[cb[0]]), int(rows[cb[-1] + 1])
-                    K[r0:r1, s0:s1] = blk.reshape(r1 - r0, s1 - s0)
+            tasks += [(ca, GB, side, lower_only and gi == gj) for ca in _chunks(GA, side)]
+
+    def run(task):
+        ca, GB, side, same = task
+        A = _stack(env, ca)
+        for cb in _chunks(GB, side):
+            if same and cb[0] > ca[-1]:
+                break
+            blk = gram_block(kernel, A, _stack(env, cb), targets)
+            r0, r1 = int(rows[ca[0]]), int(rows[ca[-1] + 1])
+            s0, s1 = int(rows[cb[0]]), int(rows[cb[-1] + 1])
+            K[r0:r1, s0:s1] = blk.reshape(r1 - r0, s1 - s0)
+
+    # many small batched products: one BLAS thread per block, the blocks spread over the cores
+    # (threaded BLAS on matrices this small mostly waits on its own threads)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        if _N_WORKERS > 1 and len(tasks) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(_N_WORKERS) as pool:
+                list(pool.map(run, tasks[::-1]))  # longest rows first
+        else:
+            for t in tasks:
+                run(t)
     if diagonal is not None:
         np.einsum("ii->i", K)[:] += diagonal
     return K
