@@ -206,3 +206,15 @@ def test_errors(toy_data):
 
     with pytest.raises(InvalidInputError, match="metric"):
         MolecularKRR(small_fchl(), metric=MLKRR(), sigma=3.0, lam_forces=1e-8, targets="forces").fit(train)
+
+
+@pytest.mark.parametrize("kernel", [Gaussian(1.7), Matern(nu=1.5, sigma=2.0), Matern(nu=2.5, sigma=0.9)])
+def test_pair_coefficients_equal_the_kernel_layer(kernel):
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((4, 5)), rng.standard_normal((6, 5))
+    la, lb = np.array([1, 1, 6, 8]), np.array([1, 6, 6, 8, 8, 1])
+    k, g1, c1, c2 = dk.pair_coefficients(kernel, A, B, la, lb, 2)
+    mask = la[:, None] == lb[None, :]
+    ref_c1, ref_c2 = kernel.second_derivative_coefficients(A, B)
+    for got, ref in [(k, kernel(A, B)), (g1, kernel.gradient_coefficients(A, B)), (c1, ref_c1), (c2, ref_c2)]:
+        np.testing.assert_allclose(got, np.where(mask, ref, 0.0), rtol=1e-12, atol=1e-15)

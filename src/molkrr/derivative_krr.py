@@ -62,6 +62,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
 from .kernels import Kernel, make_kernel
+from .kernels.base import StationaryKernel
+from .kernels.blocks import squared_distances
 from .linalg import spd_factor, spd_solve
 from .molecules import Molecules
 
@@ -193,11 +195,22 @@ def pair_coefficients(kernel: Kernel, XA: np.ndarray, XB: np.ndarray, labA: np.n
                       order: int) -> tuple[np.ndarray, ...]:
     """(k,) / (k, g₁) / (k, g₁, c₁, c₂) between environment rows, zero where the labels differ."""
     mask = labA[:, None] == labB[None, :]
-    out = [kernel(XA, XB)]
-    if order >= 1:
-        out.append(kernel.gradient_coefficients(XA, XB))
-    if order >= 2:
-        out.extend(kernel.second_derivative_coefficients(XA, XB))
+    if isinstance(kernel, StationaryKernel):  # one distance matrix, the profile's derivatives from it
+        s2 = kernel.checked_sigma() ** 2
+        u = squared_distances(XA, XB)
+        u *= 1.0 / s2
+        prof = kernel.profile(u, min(order, 2))
+        out = [prof[0]]
+        if order >= 1:
+            out.append(prof[1] * (2.0 / s2))  # g₁ = (2/σ²) g′
+        if order >= 2:
+            out.extend([prof[1] * (-2.0 / s2), prof[2] * (-4.0 / s2**2)])  # c₁, c₂
+    else:
+        out = [kernel(XA, XB)]
+        if order >= 1:
+            out.append(kernel.gradient_coefficients(XA, XB))
+        if order >= 2:
+            out.extend(kernel.second_derivative_coefficients(XA, XB))
     for M in out:
         M[~mask] = 0.0
     return tuple(out)
