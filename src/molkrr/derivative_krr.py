@@ -256,15 +256,16 @@ def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str) -> np.ndarray:
     FF = np.matmul(S, JB.reshape(1, b, nB * d, qB))  # (a, b, qA, qB)
     del S
     # c₂ part: Σ_{e,f} c₂ (J_eᵀδ)(J_fᵀδ)ᵀ with J_eᵀδ = J_eᵀx_e − J_eᵀx_f and J_fᵀδ = J_fᵀx_e − J_fᵀx_f
-    JAf = JA.reshape(a * nA, d, qA)
-    JBf = JB.reshape(b * nB, d, qB)
-    JAx = np.einsum("edq,ed->eq", JAf, xa)  # J_eᵀ x_e (a nA, qA)
-    JBx = np.einsum("fdq,fd->fq", JBf, xb)
-    U = JAx[:, None, :] - np.matmul(xb, JAf)  # (a nA, b nB, qA): J_eᵀ(x_e − x_f)
-    V = np.matmul(xa, JBf) - JBx[:, None, :]  # (b nB, a nA, qB): J_fᵀ(x_e − x_f)
-    U *= c2[:, :, None]
-    U = U.reshape(a, nA, b, nB, qA).transpose(0, 2, 4, 1, 3).reshape(a, b, qA, nA * nB)
-    V = V.reshape(b, nB, a, nA, qB).transpose(2, 0, 3, 1, 4).reshape(a, b, nA * nB, qB)
+    # J_eᵀx_f for all pairs as one GEMM each way: (a nA qA, d) @ (d, b nB)
+    JAt = np.ascontiguousarray(JA.transpose(0, 1, 3, 2)).reshape(a * nA * qA, d)
+    JBt = np.ascontiguousarray(JB.transpose(0, 1, 3, 2)).reshape(b * nB * qB, d)
+    JAx = np.einsum("eqd,ed->eq", JAt.reshape(a * nA, qA, d), xa)  # J_eᵀ x_e (a nA, qA)
+    JBx = np.einsum("fqd,fd->fq", JBt.reshape(b * nB, qB, d), xb)
+    U = (JAx[:, :, None] - (JAt @ xb.T).reshape(a * nA, qA, b * nB)).reshape(a, nA, qA, b, nB)  # J_eᵀ δ
+    V = ((JBt @ xa.T).reshape(b * nB, qB, a * nA) - JBx[:, :, None]).reshape(b, nB, qB, a, nA)  # J_fᵀ δ
+    U *= c2.reshape(a, nA, 1, b, nB)
+    U = U.transpose(0, 3, 2, 1, 4).reshape(a, b, qA, nA * nB)
+    V = V.transpose(3, 0, 4, 1, 2).reshape(a, b, nA * nB, qB)
     FF += np.matmul(U, V)
     out[:, o:, :, o:] = FF.transpose(0, 2, 1, 3)
     return out
