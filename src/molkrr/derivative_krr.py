@@ -71,6 +71,8 @@ from .molecules import Molecules
 TARGETS = ("energy", "forces", "energy+forces")
 #: Budget (float64 elements) of the largest temporary of one Gram block (≈ 128 MB).
 BLOCK_ELEMENTS = 16_000_000
+#: Queries with at most this many environments are evaluated with single-threaded BLAS.
+SMALL_QUERY_ROWS = 64
 #: Threads that build Gram blocks concurrently (each with single-threaded BLAS).
 _N_WORKERS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
 #: Relative singular value below which a rigid-motion vector is dependent (linear molecules).
@@ -307,9 +309,7 @@ def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarra
 
     # many small batched products: one BLAS thread per block, the blocks spread over the cores
     # (threaded BLAS on matrices this small mostly waits on its own threads)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, user_api="blas"):
+    with single_threaded_blas():
         if _N_WORKERS > 1 and len(tasks) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -435,6 +435,12 @@ class DerivativeKRR(BaseEstimator):
     def _evaluate(self, Xq: np.ndarray, labq: np.ndarray, gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Per query environment: its energy contribution (n_q,) and optionally ∂/∂x_e (n_q, d)."""
         check_is_fitted(self)
+        if Xq.shape[0] <= SMALL_QUERY_ROWS:  # one frame: thin products, fastest on one BLAS thread
+            with single_threaded_blas():
+                return self._evaluate_blocks(Xq, labq, gradient)
+        return self._evaluate_blocks(Xq, labq, gradient)
+
+    def _evaluate_blocks(self, Xq: np.ndarray, labq: np.ndarray, gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         kernel = self.kernel_
         has_f = bool(np.any(self.W_))
         e = np.zeros(Xq.shape[0])
@@ -461,6 +467,19 @@ class DerivativeKRR(BaseEstimator):
                     Gz += coef[2] @ Wz
                 G[qi] = Gz
         return e, G
+
+
+_CONTROLLER = None
+
+
+def single_threaded_blas():
+    """Context: BLAS on one thread (many small products; threaded BLAS mostly waits on its own threads)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _per_molecule(env: Environments, e: np.ndarray) -> np.ndarray:
