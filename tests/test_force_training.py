@@ -218,3 +218,27 @@ def test_pair_coefficients_equal_the_kernel_layer(kernel):
     ref_c1, ref_c2 = kernel.second_derivative_coefficients(A, B)
     for got, ref in [(k, kernel(A, B)), (g1, kernel.gradient_coefficients(A, B)), (c1, ref_c1), (c2, ref_c2)]:
         np.testing.assert_allclose(got, np.where(mask, ref, 0.0), rtol=1e-12, atol=1e-15)
+
+
+def test_force_trained_model_drives_ase_md_and_optimisation(toy_data, tmp_path):
+    """The docs' worked example in miniature: NVE through MolkrrCalculator conserves energy; BFGS relaxes."""
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+    from ase.optimize import BFGS
+
+    from molkrr.calculator import MolkrrCalculator
+
+    model = MolecularKRR(small_fchl(), kernel=Gaussian(3.0), lam=1e-8, lam_forces=1e-8, targets="energy+forces",
+                         energy_unit="eV").fit(toy_data[:20])
+    model.save(tmp_path / "m.npz")
+    atoms = toy_data[25:26].to_ase()[0]
+    atoms.calc = MolkrrCalculator(tmp_path / "m.npz")
+    np.testing.assert_allclose(atoms.get_forces(), model.predict_forces(toy_data[25:26])[0], rtol=1e-12)
+    atoms.set_momenta(np.zeros((5, 3)))
+    dyn = VelocityVerlet(atoms, 0.25 * units.fs)
+    e0 = atoms.get_total_energy()
+    dyn.run(40)
+    kinetic = atoms.get_kinetic_energy()  # potential energy turned into motion, at a conserved total
+    assert kinetic > 1e-3 and abs(atoms.get_total_energy() - e0) < 1e-3 * kinetic
+    BFGS(atoms, logfile=None).run(fmax=0.05, steps=200)
+    assert np.abs(atoms.get_forces()).max() < 0.05
