@@ -52,7 +52,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +167,29 @@ def row_layout(env: Environments, targets: str) -> np.ndarray:
     if targets != "energy":
         counts += np.array([J.shape[2] for J in env.J], dtype=np.int64)
     return np.concatenate([[0], np.cumsum(counts)])
+
+
+def observations(env: Environments, energies: np.ndarray, gradients: list[np.ndarray] | None, targets: str,
+                 rows: np.ndarray, center: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """(observation vector y (n_rows,), which rows are energies (bool), energy offset subtracted from them).
+
+    Gradient rows are Q_mᵀ ∇E_m (∇E = −forces, one (n_atoms_m, 3) array per molecule).
+    """
+    offset = float(np.mean(energies)) if center and targets != "forces" else 0.0
+    y = np.empty(int(rows[-1]))
+    is_energy = np.zeros(int(rows[-1]), dtype=bool)
+    for m in range(len(env)):
+        r = int(rows[m])
+        if targets != "forces":
+            y[r] = energies[m] - offset
+            is_energy[r] = True
+            r += 1
+        if targets != "energy":
+            g = np.asarray(gradients[m], dtype=np.float64).reshape(-1)
+            if g.shape[0] != env.Q[m].shape[0]:
+                raise ShapeMismatchError(f"molecule {m}: {g.shape[0]} gradient components for {env.Q[m].shape[0] // 3} atoms")
+            y[r : int(rows[m + 1])] = g @ env.Q[m]
+    return y, is_energy, offset
 
 
 def _groups(env: Environments) -> list[np.ndarray]:
@@ -377,20 +399,8 @@ class DerivativeKRR(BaseEstimator):
         if energies.shape[0] != n_mol:
             raise ShapeMismatchError(f"{energies.shape[0]} energies for {n_mol} molecules")
         rows = row_layout(env, targets)
-        y = np.empty(int(rows[-1]))
-        diag = np.empty(int(rows[-1]))
-        offset = float(energies.mean()) if self.center and targets != "forces" else 0.0
-        lam_e, lam_f = float(self.lam), float(self.lam_forces)
-        for m in range(n_mol):
-            r = int(rows[m])
-            if targets != "forces":
-                y[r] = energies[m] - offset
-                diag[r] = lam_e
-                r += 1
-            if targets != "energy":
-                g = np.asarray(gradients[m], dtype=np.float64).reshape(-1) @ env.Q[m]
-                y[r : r + g.shape[0]] = g
-                diag[r : r + g.shape[0]] = lam_f
+        y, is_energy, offset = observations(env, energies, gradients, targets, rows, self.center)
+        diag = np.where(is_energy, float(self.lam), float(self.lam_forces))
         t0 = time.perf_counter()
         L, _ = spd_factor(lambda: gram_matrix(kernel, env, targets, rows, diag), 0.0)
         coef = spd_solve(L, y)

@@ -23,6 +23,7 @@ from .derivative_krr import (
     environments,
     fit_molecules,
     gram_matrix,
+    observations,
     row_layout,
 )
 from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
@@ -105,7 +106,8 @@ def select_force_hyperparameters(
             sigmas = [f * _median_distance(env) for f in DEFAULT_SIGMA_FACTORS]
     sigmas = list(np.atleast_1d(sigmas)) if sigmas is not None else [None]
     rows = row_layout(env, targets)
-    e_rows, f_rows = _row_kinds(env, targets, rows)
+    y, e_rows, offset = observations(env, e_fit, grads, targets, rows, center)
+    f_rows = ~e_rows
     relative = lams is None and lam_forces is None
     model = DerivativeKRR(base, None, 0.0, 0.0, targets, center)
     table = []
@@ -128,15 +130,14 @@ def select_force_hyperparameters(
             pairs = [(a, b) for a in le for b in lf]
         for lam_e, lam_f in pairs:
             diag = np.where(e_rows, lam_e, lam_f)
-            y = _targets_vector(env, e_fit, grads, targets, rows, center)
             try:
                 L, _ = spd_factor(lambda: _with_diagonal(K, diag), 0.0)
             except Exception:  # a cell that cannot be factorised is skipped, as in krr's selection
                 continue
-            coef = spd_solve(L, y[0])
+            coef = spd_solve(L, y)
             del L
             model._set_weights(env, coef, rows, targets)
-            model.offset_ = y[1]
+            model.offset_ = offset
             if targets == "forces":
                 model.offset_ = float(np.mean(e_fit - model.predict_env(env)))
             e_mae, f_mae = _validation_errors(rep, model, val_mols, val_env, e_val, targets)
@@ -200,26 +201,6 @@ def _median_distance(env: Any, max_rows: int = 2000) -> float:
     vals = np.sqrt(np.clip(d2[mask], 0, None))
     vals = vals[vals > 0]
     return float(np.median(vals)) if vals.size else 1.0
-
-
-def _row_kinds(env: Any, targets: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    is_e = np.zeros(int(rows[-1]), dtype=bool)
-    if targets != "forces":
-        is_e[rows[:-1]] = True
-    return is_e, ~is_e
-
-
-def _targets_vector(env, energies, grads, targets, rows, center) -> tuple[np.ndarray, float]:
-    offset = float(np.mean(energies)) if center and targets != "forces" else 0.0
-    y = np.empty(int(rows[-1]))
-    for m in range(len(env)):
-        r = int(rows[m])
-        if targets != "forces":
-            y[r] = energies[m] - offset
-            r += 1
-        if targets != "energy":
-            y[r : int(rows[m + 1])] = grads[m].reshape(-1) @ env.Q[m]
-    return y, offset
 
 
 def _with_diagonal(K: np.ndarray, diag: np.ndarray) -> np.ndarray:
