@@ -34,7 +34,7 @@ from .molecules import Molecules
 #: Relative ridges (multiples of the mean diagonal of the energy / gradient blocks).
 DEFAULT_RELATIVE_LAMS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
 #: σ grid as multiples of the median distance between training environments of the same element.
-DEFAULT_SIGMA_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_SIGMA_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 #: At most this many frames are fitted per grid point, and at most ``MAX_VALIDATION`` scored.
 MAX_SELECTION_TRAIN = 100
 MAX_VALIDATION = 100
