@@ -249,11 +249,13 @@ def test_five_point_finite_differences_agree_with_analytic_forces(qm9):
         finite_difference_forces(model, qm9[50], points=3)
 
 
-def test_atomic_representation_is_refused_with_a_clear_error(qm9):
+def test_atomic_representation_selects_the_local_kernel(qm9):
+    """One row per atom is the local kernel (molkrr.derivative_krr; tests in test_local_kernel.py)."""
     from molkrr import FCHL19
+    from molkrr.derivative_krr import DerivativeKRR
 
-    with pytest.raises(ShapeMismatchError, match="one row per molecule"):
-        MolecularKRR(FCHL19(form="atomic"), sigma=1.0).fit(qm9[:5])
+    model = MolecularKRR(FCHL19(form="atomic"), sigma=1.0).fit(qm9[:5])
+    assert isinstance(model.krr_, DerivativeKRR) and model.predict(qm9[:2]).shape == (2,)
 
 
 @pytest.mark.parametrize("rep_name", ["cm-unsorted", "fchl19"])

@@ -61,9 +61,20 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         'cpu', 'cuda', 'cuda:N'; None: the process default), passed to the KernelRidge
         (:mod:`molkrr.backends`). σ/λ selection, representations and the metric run on numpy.
 
-    Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_``, ``sigma_``, ``lam_``,
-    ``elements_`` (atomic numbers of the training set: prediction refuses others, see
-    :mod:`molkrr.applicability`).
+    targets : {'energy', 'forces', 'energy+forces'}
+        What the model is trained on. 'forces' and 'energy+forces' solve KRR with derivative
+        observations (:mod:`molkrr.derivative_krr`, needs the molecules' forces and a Gaussian or
+        Matérn kernel); 'forces' fixes the energy offset from the training energies (as GDML does).
+        A representation with one row per atom (``FCHL19(form='atomic')``, CLI name 'fchl19-local')
+        selects the local kernel Σ_{i∈A} Σ_{j∈B, Z_i=Z_j} k(x_i, x_j), for any targets.
+    lam_forces : float or None
+        Ridge on the force rows ([E]²/Å²) when forces are trained; None selects it (with σ and λ)
+        by validation force MAE (:func:`molkrr.force_selection.select_force_hyperparameters`).
+
+    Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_`` (a KernelRidge, or a
+    :class:`~molkrr.derivative_krr.DerivativeKRR` for force targets and local kernels), ``sigma_``,
+    ``lam_`` and, for force targets, ``lam_forces_``; ``elements_`` (atomic numbers of the training
+    set: prediction refuses others, see :mod:`molkrr.applicability`).
     """
 
     def __init__(
@@ -80,6 +91,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         n_centers: int | None = None,
         backend: str | None = None,
         device: str | None = None,
+        targets: str = "energy",
+        lam_forces: float | None = None,
     ) -> None:
         self.representation = representation
         self.kernel = kernel
@@ -93,6 +106,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.n_centers = n_centers
         self.backend = backend
         self.device = device
+        self.targets = targets
+        self.lam_forces = lam_forces
 
     # ------------------------------------------------------------------ fitting
     def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
@@ -107,6 +122,16 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         else:
             rep = clone(self.representation)
         self.representation_ = rep.fit(mols)
+        # --- force targets and local kernels: KRR with derivative observations (molkrr.derivative_krr)
+        from .derivative_krr import check_targets as check_target_kind, is_local
+
+        if check_target_kind(self.targets) != "energy" or is_local(rep):
+            from .force_selection import fit_derivative_model
+
+            fit_derivative_model(self, mols, y, progress=progress)
+            self.elements_ = training_elements(mols)  # molkrr.applicability: the elements predict accepts
+            return self
+        # --- energies with a global representation: KernelRidge
         X = transform_in_chunks(self.representation_, mols, progress=progress)
         if X.shape[0] != len(mols):
             raise ShapeMismatchError(
@@ -152,7 +177,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ prediction
     def features(self, molecules: Any) -> np.ndarray:
-        """The features the KRR sees, z = A x(R): shape (n_molecules, n_components)."""
+        """The features the KRR sees, z = A x(R): shape (n_molecules, n_components) (rows per atom for a local kernel)."""
         check_is_fitted(self)
         mols = as_molecules(molecules)
         check_elements(self, mols)  # molkrr.applicability: refuse elements not seen in training
@@ -160,6 +185,11 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
 
     def predict(self, molecules: Any) -> np.ndarray:
         """Energies, shape (n_molecules,), in ``energy_unit``."""
+        check_is_fitted(self)
+        if not isinstance(self.krr_, KernelRidge):  # derivative-observation / local-kernel model
+            from .derivative_krr import predict_energies
+
+            return predict_energies(self.representation_, self.krr_, as_molecules(molecules))
         Z = self.features(molecules)
         return self.krr_.predict(Z)
 
@@ -177,6 +207,10 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
             raise NotDifferentiableError(f"{type(rep).__name__} has no derivative with respect to positions")
         if not krr.kernel_.differentiable:
             raise NotDifferentiableError(f"kernel {krr.kernel_.name!r} is not differentiable")
+        if not isinstance(krr, KernelRidge):  # derivative-observation / local-kernel model
+            from .derivative_krr import predict_energies_and_forces
+
+            return predict_energies_and_forces(rep, krr, mols)
         Z = metric.transform(rep.transform(mols))
         # features that cannot depend on positions (padding) need no kernel work, if the metric keeps them apart
         needed = metric.output_support(rep.feature_support(mols))

@@ -786,6 +786,33 @@ def _check_metric_learner(f: _Fields) -> None:
                 raise _fail(f"{where}.{key}", "must hold numbers only")
 
 
+def _check_derivative_krr(f: _Fields) -> None:
+    """KRR with derivative observations (molkrr.derivative_krr): consistent, finite environments and weights."""
+    _kernel_param(*f.p("kernel"))
+    _sigma(*f.p("sigma"), none=True)
+    _number(*f.p("lam"), lo=0.0)
+    _number(*f.p("lam_forces"), lo=0.0, none=True)
+    _choice(*f.p("targets"), ("energy", "forces", "energy+forces"))
+    _boolean(*f.p("center"))
+    if not f.is_fitted:
+        return
+    X = _float_array(*f.f("X_"), 2, max_abs=MAX_ABS_FEATURE)
+    n, d = X.shape
+    _float_array(*f.f("alpha_"), 1, shape=(n,), max_abs=MAX_ABS_COEFFICIENT)
+    _float_array(*f.f("W_"), 2, shape=(n, d), max_abs=MAX_ABS_COEFFICIENT)
+    _float_array(*f.f("wdot_"), 1, shape=(n,), max_abs=MAX_ABS_COEFFICIENT)
+    labels = _int_array(*f.f("labels_"), 0, 118)
+    if labels.shape != (n,):
+        raise _fail(f.f("labels_")[1], f"must hold one label per environment ({n}), got shape {labels.shape}")
+    f.fitted["labels_"] = labels.astype(np.int64)
+    _number(*f.f("offset_"), max_abs=MAX_ABS_COEFFICIENT)
+    for key in list(f.fitted):  # anything else the model keeps: finite numbers only
+        if key not in f._seen:
+            v, where = f.f(key)
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise _fail(where, "contains NaN or infinity")
+
+
 def _check_molecular_krr(f: _Fields) -> None:
     _nested(*f.p("representation"), "representation", fitted=False, none=True)
     kernel = _kernel_param(*f.p("kernel"))
@@ -809,8 +836,19 @@ def _check_molecular_krr(f: _Fields) -> None:
         template = CoulombMatrix()
     if type(rep) is not type(template) or not _same(rep.get_params(deep=False), template.get_params(deep=False)):
         raise _fail(f"{rep_where}.params", "differ from the model's representation parameters")
-    if getattr(rep, "form", "global") != "global":
+    from .derivative_krr import DerivativeKRR
+
+    krr_node, _ = f.f("krr_")
+    derivative = isinstance(krr_node, DerivativeKRR)  # force targets or a local kernel (molkrr.derivative_krr)
+    if getattr(rep, "form", "global") != "global" and not derivative:
         raise _fail(rep_where, "MolecularKRR needs one feature row per molecule (a global representation)")
+    if "targets" in f.params:
+        _choice(*f.p("targets"), ("energy", "forces", "energy+forces"))
+    if "lam_forces" in f.params:
+        _number(*f.p("lam_forces"), lo=0.0, none=True)
+    lam_f, where = f.f("lam_forces_", required=False)
+    if lam_f is not _ABSENT:
+        _number(lam_f, where, lo=0.0, none=True)
     metric, metric_where = f.f("metric_")
     metric = _nested(metric, metric_where, "metric", fitted=True, none=True)
     template = f.params["metric"]
@@ -820,9 +858,15 @@ def _check_molecular_krr(f: _Fields) -> None:
     ):
         raise _fail(metric_where, "differs from the model's metric parameter")
     krr, krr_where = f.f("krr_")
-    krr = _nested(krr, krr_where, "krr", fitted=True)
     sigma = _sigma(*f.f("sigma_"), none=True)
     lam = _number(*f.f("lam_"), lo=0.0)
+    if derivative:
+        if krr.X_.shape[1] != int(rep.n_features_):
+            raise _fail(f"{krr_where}.fitted.X_", f"has {krr.X_.shape[1]} columns but the representation gives "
+                                                  f"{int(rep.n_features_)} features")
+        f.fitted["elements_"] = _elements(*f.f("elements_")).astype(np.int64)
+        return
+    krr = _nested(krr, krr_where, "krr", fitted=True)
     if krr.kernel != kernel or (None if krr.sigma is None else float(krr.sigma)) != sigma or float(krr.lam) != lam or krr.center != f.params["center"]:
         raise _fail(krr_where, f"kernel {krr.kernel!r}, sigma {krr.sigma!r}, lam {krr.lam!r} differ from the model's "
                                f"{kernel!r}, sigma_ {sigma!r}, lam_ {lam!r}")
@@ -860,6 +904,7 @@ _REGISTRY: dict[str, tuple[str, str, Callable[[_Fields], None]]] = {
     "FCHL19": ("molkrr.representations.fchl19", "FCHL19", _check_fchl19),
     "MLKRR": ("molkrr.metric.mlkrr", "MLKRR", _check_metric_learner),
     "MLKR": ("molkrr.metric.mlkr", "MLKR", _check_metric_learner),
+    "DerivativeKRR": ("molkrr.derivative_krr", "DerivativeKRR", _check_derivative_krr),
 }
 
 

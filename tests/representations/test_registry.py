@@ -111,7 +111,7 @@ def test_model_file_allow_list_is_filled_from_registries(monkeypatch):
     allowed = persistence.allowed_classes()
     from molkrr.kernels import kernel_classes
 
-    expected = {"KernelRidge", "MolecularKRR", "MLKR", "MLKRR", *reps.representation_classes(),
+    expected = {"KernelRidge", "MolecularKRR", "MLKR", "MLKRR", "DerivativeKRR", *reps.representation_classes(),
                 *(k.__name__ for k in kernel_classes())}
     assert set(allowed) == expected and allowed["MolecularKRR"] is molkrr.MolecularKRR
     # persistence imports no estimator module at import time (its validators import lazily, on load):

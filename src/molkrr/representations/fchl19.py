@@ -489,6 +489,8 @@ _MAX_WIDTH = 1e3  # eta2, eta3 and the cutoffs rcut, acut (Å)
 _MAX_WEIGHT = 1e3  # zeta, the decay powers and the three-body weight
 
 
+@register_representation("fchl19-local", form="atomic", per_atom=True,
+                         description="FCHL19 per atom: MolecularKRR uses the local (atom-pair) kernel")
 @register_representation("fchl19-atomic", form="atomic", per_atom=True, description="FCHL19, one row per atom")
 @register_representation("fchl19-global", form="global", description="FCHL19 summed over atoms (same as fchl19)")
 @register_representation("fchl19", form="global", description="FCHL19 (FCHL-ACSF) summed over atoms")

@@ -1,0 +1,530 @@
+"""Kernel ridge regression with derivative observations: training on energies and forces.
+
+A molecule is a *set of environments* e with feature vectors x_e ∈ ℝᵈ, labels z_e and Jacobians
+J_e = ∂x_e/∂R (d × 3n). The molecular kernel is
+
+    K(A, B) = Σ_{e∈A} Σ_{f∈B, z_e = z_f} k(x_e, x_f),
+
+which covers both kinds of representation molkrr has:
+
+* **global** representations (Coulomb matrix, FCHL19 global, ...): one environment per molecule,
+  all with the same label, so K(A, B) = k(x_A, x_B);
+* the **local** (atom-centred) kernel: one environment per atom (FCHL19(form='atomic')), labelled
+  by its atomic number, so K sums k over pairs of atoms of the same element (qmllib's local
+  FCHL19 kernel, the kernel of the FCHL19 GP/GDML models).
+
+Observations are energies E and energy gradients ∇E = −F. The joint covariance has the blocks
+
+    cov(E_A, E_B)  = K(A, B)
+    cov(E_A, ∇_B)  = ∂K/∂R_B   = Σ_{e,f} −g₁(e,f) (x_e − x_f)ᵀ J_f
+    cov(∇_A, E_B)  = ∂K/∂R_A   = Σ_{e,f}  g₁(e,f) J_eᵀ (x_e − x_f)
+    cov(∇_A, ∇_B)  = ∂²K/∂R_A∂R_Bᵀ = Σ_{e,f} J_eᵀ [c₁ I + c₂ δδᵀ] J_f,   δ = x_e − x_f,
+
+with g₁, (c₁, c₂) the kernel's :meth:`~molkrr.kernels.StationaryKernel.gradient_coefficients` and
+:meth:`~molkrr.kernels.StationaryKernel.second_derivative_coefficients`. The (d × d) second
+derivative is never formed: the c₁ part is Σ_f (Σ_e c₁ J_e)ᵀ J_f and the c₂ part Σ c₂ (J_eᵀδ)(J_fᵀδ)ᵀ,
+both batched matrix products over blocks of molecules.
+
+**Rigid motions.** K is invariant under translations and rotations, so each molecule's gradient rows
+have a (generically) six-dimensional null space: the gradient of an invariant energy has no
+component along a rigid motion. Each molecule's 3n Cartesian directions are therefore replaced by an
+orthonormal basis Q (3n × q, q = 3n − 6, or 3n − 5 for a linear molecule) of the complement of the
+rigid motions at its geometry; J_e ← J_e Q and the force targets become Qᵀ∇E. This drops only
+components that no invariant model can represent, removes the singular directions, and shrinks the
+system by 6 rows per molecule (22 instead of 28 rows per ethanol frame).
+
+**The fitted model.** With weights α (one per energy row) and β_m (q_m per molecule),
+
+    E(x) = offset + Σ_m α_m K(x, m) + Σ_m β_mᵀ ∂K(x, m)/∂q_m
+         = offset + Σ_{e∈x} Σ_f [α_f k(x_e, x_f) − g₁(e, f) (x_e − x_f) · w_f],
+
+where f runs over the training environments, α_f is its molecule's α and w_f = J_f Q β its molecule's
+β pulled back into feature space (stored per environment, so prediction never needs a Jacobian).
+Its gradient with respect to a query environment is
+
+    ∂E/∂x_e = Σ_f [α_f g₁ δ + c₁ w_f + c₂ δ (δ · w_f)],
+
+which the representation's VJP turns into forces: F = −∇E exactly (a conservative field).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
+from .kernels import Kernel, make_kernel
+from .kernels.base import StationaryKernel
+from .kernels.blocks import squared_distances
+from .linalg import spd_factor, spd_solve
+from .molecules import Molecules
+
+#: Accepted values of ``targets``.
+TARGETS = ("energy", "forces", "energy+forces")
+#: Budget (float64 elements) of the largest temporary of one Gram block (≈ 128 MB).
+BLOCK_ELEMENTS = 16_000_000
+#: Queries with at most this many environments are evaluated with single-threaded BLAS.
+SMALL_QUERY_ROWS = 64
+#: Threads that build Gram blocks concurrently (each with single-threaded BLAS).
+_N_WORKERS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
+#: Relative singular value below which a rigid-motion vector is dependent (linear molecules).
+_RIGID_RTOL = 1e-8
+
+
+def check_targets(targets: Any) -> str:
+    """``targets`` as one of :data:`TARGETS`, else :class:`InvalidInputError`."""
+    if targets not in TARGETS:
+        raise InvalidInputError(f"targets must be one of {', '.join(map(repr, TARGETS))}, got {targets!r}")
+    return targets
+
+
+def is_local(rep: Any) -> bool:
+    """Whether a representation gives one feature row per atom (the local kernel is then used)."""
+    return getattr(rep, "form", None) == "atomic"
+
+
+# ------------------------------------------------------------------------------------ environments
+@dataclass
+class Environments:
+    """Environments of a batch of molecules, with (optionally) their projected Jacobians.
+
+    X : (n_env, d) features; labels : (n_env,) int; env_offsets : (n_mol + 1,) — environments of
+    molecule m are rows env_offsets[m]:env_offsets[m+1]. J : per molecule, (n_env_m, d, q_m) =
+    ∂x/∂R · Q_m (or None when only values are needed); Q : per molecule the (3 n_atoms, q_m) basis.
+    """
+
+    X: np.ndarray
+    labels: np.ndarray
+    env_offsets: np.ndarray
+    J: list[np.ndarray] | None = None
+    Q: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.env_offsets) - 1
+
+    def env_slice(self, m: int) -> slice:
+        return slice(int(self.env_offsets[m]), int(self.env_offsets[m + 1]))
+
+
+def environments(rep: Any, mols: Molecules, *, jacobians: bool = False, project_rigid: bool = True) -> Environments:
+    """The environments of ``mols`` under a fitted representation (local if :func:`is_local`)."""
+    X = np.ascontiguousarray(rep.transform(mols), dtype=np.float64)
+    if is_local(rep):
+        labels = np.asarray(mols.numbers, dtype=np.int64).copy()
+        env_offsets = np.asarray(mols.offsets, dtype=np.int64).copy()
+    else:
+        if X.shape[0] != len(mols):
+            raise ShapeMismatchError(f"{type(rep).__name__} gives {X.shape[0]} rows for {len(mols)} molecules")
+        labels = np.zeros(len(mols), dtype=np.int64)
+        env_offsets = np.arange(len(mols) + 1, dtype=np.int64)
+    env = Environments(X, labels, env_offsets)
+    if jacobians:
+        if not getattr(rep, "differentiable", False):
+            raise NotDifferentiableError(f"{type(rep).__name__} has no derivative with respect to positions")
+        env.J, env.Q = [], []
+        raw = rep.jacobian(mols)
+        for m in range(len(mols)):
+            n = int(mols.n_atoms[m])
+            Jm = np.asarray(raw[m], dtype=np.float64).reshape(-1, X.shape[1], 3 * n)  # (n_env_m, d, 3n)
+            Q = rigid_complement(mols.positions[mols.atom_slice(m)]) if project_rigid else np.eye(3 * n)
+            env.J.append(np.ascontiguousarray(Jm @ Q))
+            env.Q.append(Q)
+    return env
+
+
+def rigid_complement(R: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (3n, q) of the directions orthogonal to rigid translations and rotations of R (n, 3).
+
+    q = 3n − 6 in general, 3n − 5 for a linear molecule, 0 for a single atom.
+    """
+    R = np.asarray(R, dtype=np.float64)
+    n = R.shape[0]
+    c = R - R.mean(axis=0)
+    T = np.zeros((n, 3, 6))
+    for k in range(3):
+        T[:, k, k] = 1.0
+        axis = np.zeros(3)
+        axis[k] = 1.0
+        T[:, :, 3 + k] = np.cross(axis, c)
+    U, s, _ = np.linalg.svd(T.reshape(3 * n, 6), full_matrices=True)
+    rank = int(np.sum(s > _RIGID_RTOL * max(s[0], 1.0)))
+    return np.ascontiguousarray(U[:, rank:])
+
+
+# ------------------------------------------------------------------------------------ the Gram matrix
+def row_layout(env: Environments, targets: str) -> np.ndarray:
+    """Row offsets (n_mol + 1,) of each molecule's rows: [E_m?] + [q_m gradient rows?], molecule by molecule."""
+    counts = np.zeros(len(env), dtype=np.int64)
+    if targets != "forces":
+        counts += 1
+    if targets != "energy":
+        counts += np.array([J.shape[2] for J in env.J], dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(counts)])
+
+
+def observations(env: Environments, energies: np.ndarray, gradients: list[np.ndarray] | None, targets: str,
+                 rows: np.ndarray, center: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """(observation vector y (n_rows,), which rows are energies (bool), energy offset subtracted from them).
+
+    Gradient rows are Q_mᵀ ∇E_m (∇E = −forces, one (n_atoms_m, 3) array per molecule).
+    """
+    offset = float(np.mean(energies)) if center and targets != "forces" else 0.0
+    y = np.empty(int(rows[-1]))
+    is_energy = np.zeros(int(rows[-1]), dtype=bool)
+    for m in range(len(env)):
+        r = int(rows[m])
+        if targets != "forces":
+            y[r] = energies[m] - offset
+            is_energy[r] = True
+            r += 1
+        if targets != "energy":
+            g = np.asarray(gradients[m], dtype=np.float64).reshape(-1)
+            if g.shape[0] != env.Q[m].shape[0]:
+                raise ShapeMismatchError(f"molecule {m}: {g.shape[0]} gradient components for {env.Q[m].shape[0] // 3} atoms")
+            y[r : int(rows[m + 1])] = g @ env.Q[m]
+    return y, is_energy, offset
+
+
+def _groups(env: Environments) -> list[np.ndarray]:
+    """Runs of consecutive molecules with equal (n_env, q) (the batched products need equal shapes)."""
+    n_env = np.diff(env.env_offsets)
+    q = np.array([J.shape[2] for J in env.J]) if env.J is not None else np.zeros(len(env), dtype=np.int64)
+    key = n_env * 100_003 + q
+    cuts = np.flatnonzero(np.diff(key)) + 1
+    return np.split(np.arange(len(env)), cuts)
+
+
+def _chunks(idx: np.ndarray, size: int) -> list[np.ndarray]:
+    return [idx[s : s + size] for s in range(0, len(idx), size)]
+
+
+def _stack(env: Environments, mols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(X (a, n_e, d), labels (a, n_e), J (a, n_e, d, q) or None) of consecutive molecules of one group."""
+    s, t = int(env.env_offsets[mols[0]]), int(env.env_offsets[mols[-1] + 1])
+    a = len(mols)
+    X = env.X[s:t].reshape(a, -1, env.X.shape[1])
+    lab = env.labels[s:t].reshape(a, -1)
+    J = None if env.J is None else np.stack([env.J[m] for m in mols])
+    return X, lab, J
+
+
+def pair_coefficients(kernel: Kernel, XA: np.ndarray, XB: np.ndarray, labA: np.ndarray, labB: np.ndarray,
+                      order: int) -> tuple[np.ndarray, ...]:
+    """(k,) / (k, g₁) / (k, g₁, c₁, c₂) between environment rows, zero where the labels differ."""
+    mask = labA[:, None] == labB[None, :]
+    if isinstance(kernel, StationaryKernel):  # one distance matrix, the profile's derivatives from it
+        s2 = kernel.checked_sigma() ** 2
+        u = squared_distances(XA, XB)
+        u *= 1.0 / s2
+        prof = kernel.profile(u, min(order, 2))
+        out = [prof[0]]
+        if order >= 1:
+            out.append(prof[1] * (2.0 / s2))  # g₁ = (2/σ²) g′
+        if order >= 2:
+            out.extend([prof[1] * (-2.0 / s2), prof[2] * (-4.0 / s2**2)])  # c₁, c₂
+    else:
+        out = [kernel(XA, XB)]
+        if order >= 1:
+            out.append(kernel.gradient_coefficients(XA, XB))
+        if order >= 2:
+            out.extend(kernel.second_derivative_coefficients(XA, XB))
+    for M in out:
+        M[~mask] = 0.0
+    return tuple(out)
+
+
+def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str) -> np.ndarray:
+    """Covariance block between stacked molecules A and B (from :func:`_stack`), shape (a, r_A, b, r_B).
+
+    r = 1 + q (energy+forces), q (forces) or 1 (energy); rows of a molecule are [E, ∇ (q)].
+    """
+    XA, labA, JA = A
+    XB, labB, JB = B
+    a, nA, d = XA.shape
+    b, nB, _ = XB.shape
+    want_e, want_f = targets != "forces", targets != "energy"
+    qA = JA.shape[3] if want_f else 0
+    qB = JB.shape[3] if want_f else 0
+    ra, rb = int(want_e) + qA, int(want_e) + qB
+    out = np.zeros((a, ra, b, rb))
+    xa, xb = XA.reshape(a * nA, d), XB.reshape(b * nB, d)
+    coef = pair_coefficients(kernel, xa, xb, labA.ravel(), labB.ravel(), 2 if want_f else 0)
+    o = int(want_e)
+    if want_e:
+        out[:, 0, :, 0] = coef[0].reshape(a, nA, b, nB).sum(axis=(1, 3))
+    if not want_f:
+        return out
+    g1, c1, c2 = coef[1], coef[2], coef[3]
+    if want_e:
+        # cov(E_A, ∇_B)[i, j] = Σ_{f∈Bj} J_fᵀ v_{i,f},  v_{i,f} = Σ_{e∈Ai} −g₁(e,f)(x_e − x_f)
+        G = g1.reshape(a, nA, b * nB)
+        v = xb[None, :, :] * G.sum(axis=1)[:, :, None] - np.matmul(G.transpose(0, 2, 1), XA)  # (a, b nB, d)
+        v = v.reshape(a, b, nB * d).transpose(1, 0, 2)  # (b, a, nB d)
+        out[:, 0, :, o:] = np.matmul(v, JB.reshape(b, nB * d, qB)).transpose(1, 0, 2)
+        # cov(∇_A, E_B)[i, j] = Σ_{e∈Ai} J_eᵀ u_{e,j},  u_{e,j} = Σ_{f∈Bj} g₁(e,f)(x_e − x_f)
+        H = g1.reshape(a * nA, b, nB).transpose(1, 0, 2)  # (b, a nA, nB)
+        u = xa[None, :, :] * H.sum(axis=2)[:, :, None] - np.matmul(H, XB)  # (b, a nA, d)
+        u = u.reshape(b, a, nA * d).transpose(1, 2, 0)  # (a, nA d, b)
+        out[:, o:, :, 0] = np.matmul(JA.reshape(a, nA * d, qA).transpose(0, 2, 1), u)
+    # c₁ part: Σ_{f∈Bj} S_fᵀ J_f with S_f = Σ_{e∈Ai} c₁(e,f) J_e
+    C1 = np.ascontiguousarray(c1.reshape(a, nA, b * nB).transpose(0, 2, 1))  # (a, b nB, nA)
+    S = np.matmul(C1, JA.reshape(a, nA, d * qA))  # (a, b nB, d qA)
+    S = S.reshape(a, b, nB * d, qA).transpose(0, 1, 3, 2)  # (a, b, qA, nB d)
+    FF = np.matmul(S, JB.reshape(1, b, nB * d, qB))  # (a, b, qA, qB)
+    del S
+    # c₂ part: Σ_{e,f} c₂ (J_eᵀδ)(J_fᵀδ)ᵀ with J_eᵀδ = J_eᵀx_e − J_eᵀx_f and J_fᵀδ = J_fᵀx_e − J_fᵀx_f
+    # J_eᵀx_f for all pairs as one GEMM each way: (a nA qA, d) @ (d, b nB)
+    JAt = np.ascontiguousarray(JA.transpose(0, 1, 3, 2)).reshape(a * nA * qA, d)
+    JBt = np.ascontiguousarray(JB.transpose(0, 1, 3, 2)).reshape(b * nB * qB, d)
+    JAx = np.einsum("eqd,ed->eq", JAt.reshape(a * nA, qA, d), xa)  # J_eᵀ x_e (a nA, qA)
+    JBx = np.einsum("fqd,fd->fq", JBt.reshape(b * nB, qB, d), xb)
+    U = (JAx[:, :, None] - (JAt @ xb.T).reshape(a * nA, qA, b * nB)).reshape(a, nA, qA, b, nB)  # J_eᵀ δ
+    V = ((JBt @ xa.T).reshape(b * nB, qB, a * nA) - JBx[:, :, None]).reshape(b, nB, qB, a, nA)  # J_fᵀ δ
+    U *= c2.reshape(a, nA, 1, b, nB)
+    U = U.transpose(0, 3, 2, 1, 4).reshape(a, b, qA, nA * nB)
+    V = V.transpose(3, 0, 4, 1, 2).reshape(a, b, nA * nB, qB)
+    FF += np.matmul(U, V)
+    out[:, o:, :, o:] = FF.transpose(0, 2, 1, 3)
+    return out
+
+
+def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarray,
+                diagonal: np.ndarray | None = None, *, lower_only: bool = True) -> np.ndarray:
+    """The joint covariance matrix (n_rows, n_rows) of the observations, plus ``diagonal``.
+
+    lower_only : fill only the blocks on or below the diagonal (what the Cholesky factor reads); the
+        upper triangle of off-diagonal blocks stays zero.
+    """
+    n = int(rows[-1])
+    K = np.zeros((n, n))
+    groups = _groups(env)
+    d = env.X.shape[1]
+    tasks = []  # (row chunk, column group, column chunk size, same group)
+    for gi, GA in enumerate(groups):
+        nA = int(env.env_offsets[GA[0] + 1] - env.env_offsets[GA[0]])
+        qA = env.J[GA[0]].shape[2] if targets != "energy" else 1
+        for gj, GB in enumerate(groups[: gi + 1] if lower_only else groups):
+            nB = int(env.env_offsets[GB[0] + 1] - env.env_offsets[GB[0]])
+            qB = env.J[GB[0]].shape[2] if targets != "energy" else 1
+            # the largest temporaries are (a, b nB, d qA) and (a nA, b nB, q): keep them within budget
+            per_pair = max(nB * d * qA, nA * nB * max(qA, qB), 1)
+            side = max(1, int(np.sqrt(BLOCK_ELEMENTS / per_pair)))
+            tasks += [(ca, GB, side, lower_only and gi == gj) for ca in _chunks(GA, side)]
+
+    def run(task):
+        ca, GB, side, same = task
+        A = _stack(env, ca)
+        for cb in _chunks(GB, side):
+            if same and cb[0] > ca[-1]:
+                break
+            blk = gram_block(kernel, A, _stack(env, cb), targets)
+            r0, r1 = int(rows[ca[0]]), int(rows[ca[-1] + 1])
+            s0, s1 = int(rows[cb[0]]), int(rows[cb[-1] + 1])
+            K[r0:r1, s0:s1] = blk.reshape(r1 - r0, s1 - s0)
+
+    # many small batched products: one BLAS thread per block, the blocks spread over the cores
+    # (threaded BLAS on matrices this small mostly waits on its own threads)
+    with single_threaded_blas():
+        if _N_WORKERS > 1 and len(tasks) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(_N_WORKERS) as pool:
+                list(pool.map(run, tasks[::-1]))  # longest rows first
+        else:
+            for t in tasks:
+                run(t)
+    if diagonal is not None:
+        np.einsum("ii->i", K)[:] += diagonal
+    return K
+
+
+# ------------------------------------------------------------------------------------ the estimator
+class DerivativeKRR(BaseEstimator):
+    """KRR/GP regression on energies and/or forces of molecules given as environment sets.
+
+    Parameters
+    ----------
+    kernel : str or Kernel
+        A twice-differentiable kernel (Gaussian, Matern) for force targets; σ convention in
+        :mod:`molkrr.kernels`.
+    sigma : float
+        Kernel width.
+    lam, lam_forces : float
+        Ridge added to the energy rows ([E]²) and to the gradient rows ([E]²/Å²).
+    targets : {'energy', 'forces', 'energy+forces'}
+    center : bool
+        Energies are fitted relative to their mean; with ``targets='forces'`` the offset is always
+        fixed afterwards as the mean of E − (model without offset) over the training molecules.
+
+    Fitted attributes (arrays, saved with the model): ``X_`` (n_env, d) training environments,
+    ``labels_``, ``alpha_`` (n_env,) each environment's energy weight, ``W_`` (n_env, d) the gradient
+    weights pulled back to features (w_f = J_f Q β), ``wdot_`` (n_env,) = x_f·w_f, ``offset_``.
+    """
+
+    def __init__(self, kernel: "str | Kernel" = "gaussian", sigma: float | None = None, lam: float = 1e-8,
+                 lam_forces: float = 1e-8, targets: str = "energy+forces", center: bool = True) -> None:
+        self.kernel = kernel
+        self.sigma = sigma
+        self.lam = lam
+        self.lam_forces = lam_forces
+        self.targets = targets
+        self.center = center
+
+    @property
+    def kernel_(self) -> Kernel:
+        return make_kernel(self.kernel, self.sigma)
+
+    def fit(self, env: Environments, energies: np.ndarray | None, gradients: list[np.ndarray] | None,
+            *, progress: bool = False) -> "DerivativeKRR":
+        """Fit on environments (with Jacobians unless targets='energy'), energies (n_mol,) and
+        gradients ∇E (one (n_atoms_m, 3) array per molecule, i.e. −forces)."""
+        targets = check_targets(self.targets)
+        kernel = self.kernel_
+        if targets != "energy" and not kernel.twice_differentiable:
+            raise NotDifferentiableError(
+                f"kernel {kernel.name!r} has no second derivatives: force training needs a Gaussian or Matern kernel")
+        if targets != "energy" and env.J is None:
+            raise ShapeMismatchError("force targets need the environments' Jacobians (environments(..., jacobians=True))")
+        n_mol = len(env)
+        if energies is None:
+            raise ShapeMismatchError("training energies are needed (they fix the energy offset)")
+        energies = np.asarray(energies, dtype=np.float64).reshape(-1)
+        if energies.shape[0] != n_mol:
+            raise ShapeMismatchError(f"{energies.shape[0]} energies for {n_mol} molecules")
+        rows = row_layout(env, targets)
+        y, is_energy, offset = observations(env, energies, gradients, targets, rows, self.center)
+        diag = np.where(is_energy, float(self.lam), float(self.lam_forces))
+        t0 = time.perf_counter()
+        L, _ = spd_factor(lambda: gram_matrix(kernel, env, targets, rows, diag), 0.0)
+        coef = spd_solve(L, y)
+        del L
+        if progress:
+            print(f"derivative KRR: {len(y)} rows solved in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        self._set_weights(env, coef, rows, targets)
+        self.offset_ = offset
+        if targets == "forces":  # GDML: the offset is the mean residual of the training energies
+            self.offset_ = float(np.mean(energies - self.predict_env(env)))
+        return self
+
+    def _set_weights(self, env: Environments, coef: np.ndarray, rows: np.ndarray, targets: str) -> None:
+        d = env.X.shape[1]
+        alpha = np.zeros(env.X.shape[0])
+        W = np.zeros((env.X.shape[0], d))
+        for m in range(len(env)):
+            r = int(rows[m])
+            s = env.env_slice(m)
+            if targets != "forces":
+                alpha[s] = coef[r]
+                r += 1
+            if targets != "energy":
+                beta = coef[r : int(rows[m + 1])]
+                W[s] = env.J[m] @ beta  # (n_env_m, d)
+        self.X_ = env.X.copy()
+        self.labels_ = env.labels.copy()
+        self.alpha_ = alpha
+        self.W_ = W
+        self.wdot_ = np.einsum("ij,ij->i", env.X, W)
+
+    # -------------------------------------------------------------------------------- prediction
+    def predict_env(self, env: Environments) -> np.ndarray:
+        """Energies (n_mol,) of molecules given as environments."""
+        return _per_molecule(env, self._evaluate(env.X, env.labels, gradient=False)[0]) + self.offset_
+
+    def predict_env_with_gradient(self, env: Environments) -> tuple[np.ndarray, np.ndarray]:
+        """(energies (n_mol,), ∂E/∂x_e (n_env, d))."""
+        e, G = self._evaluate(env.X, env.labels, gradient=True)
+        return _per_molecule(env, e) + self.offset_, G
+
+    def _evaluate(self, Xq: np.ndarray, labq: np.ndarray, gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per query environment: its energy contribution (n_q,) and optionally ∂/∂x_e (n_q, d)."""
+        check_is_fitted(self)
+        if Xq.shape[0] <= SMALL_QUERY_ROWS:  # one frame: thin products, fastest on one BLAS thread
+            with single_threaded_blas():
+                return self._evaluate_blocks(Xq, labq, gradient)
+        return self._evaluate_blocks(Xq, labq, gradient)
+
+    def _evaluate_blocks(self, Xq: np.ndarray, labq: np.ndarray, gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        kernel = self.kernel_
+        has_f = bool(np.any(self.W_))
+        e = np.zeros(Xq.shape[0])
+        G = np.zeros_like(Xq) if gradient else None
+        for z in np.unique(labq):
+            qi = np.flatnonzero(labq == z)
+            ti = np.flatnonzero(self.labels_ == z)
+            if ti.size == 0:
+                continue
+            Xz, Tz, a, Wz = Xq[qi], self.X_[ti], self.alpha_[ti], self.W_[ti]
+            order = 2 if (gradient and has_f) else (1 if (gradient or has_f) else 0)
+            coef = pair_coefficients(kernel, Xz, Tz, labq[qi], self.labels_[ti], order)
+            ez = coef[0] @ a
+            if has_f:
+                dw = Xz @ Wz.T - self.wdot_[ti][None, :]  # δ·w_f
+                ez -= np.einsum("ij,ij->i", coef[1], dw)
+            e[qi] = ez
+            if gradient:
+                P = coef[1] * a[None, :]  # α_f g₁
+                if has_f:
+                    P += coef[3] * dw  # c₂ (δ·w)
+                Gz = Xz * P.sum(axis=1)[:, None] - P @ Tz
+                if has_f:
+                    Gz += coef[2] @ Wz
+                G[qi] = Gz
+        return e, G
+
+
+_CONTROLLER = None
+
+
+def single_threaded_blas():
+    """Context: BLAS on one thread (many small products; threaded BLAS mostly waits on its own threads)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _per_molecule(env: Environments, e: np.ndarray) -> np.ndarray:
+    """Sum per-environment values (n_env,) into their molecules (n_mol,)."""
+    mol = np.repeat(np.arange(len(env)), np.diff(env.env_offsets))
+    return np.bincount(mol, weights=e, minlength=len(env))
+
+
+def fit_molecules(rep: Any, mols: Molecules, *, kernel: "str | Kernel", sigma: float, lam: float, lam_forces: float,
+                  targets: str, center: bool = True, energies: np.ndarray | None = None,
+                  progress: bool = False) -> DerivativeKRR:
+    """A fitted :class:`DerivativeKRR` on molecules (energies and forces from ``mols`` unless given)."""
+    targets = check_targets(targets)
+    y = mols.energies if energies is None else energies
+    grads = None
+    if targets != "energy":
+        if mols.forces is None:
+            raise ShapeMismatchError(f"targets={targets!r} needs training forces: these molecules carry none")
+        grads = [-f for f in mols.split_atoms(mols.forces)]
+    env = environments(rep, mols, jacobians=targets != "energy")
+    return DerivativeKRR(kernel, sigma, lam, lam_forces, targets, center).fit(env, y, grads, progress=progress)
+
+
+def predict_energies_and_forces(rep: Any, model: DerivativeKRR, mols: Molecules) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(energies (n_mol,), forces per molecule (n_atoms, 3)) of a fitted DerivativeKRR."""
+    env = environments(rep, mols)
+    E, G = model.predict_env_with_gradient(env)
+    if not is_local(rep):
+        G = G.reshape(len(mols), -1)
+    return E, [-g for g in rep.vjp(mols, G)]
+
+
+def predict_energies(rep: Any, model: DerivativeKRR, mols: Molecules) -> np.ndarray:
+    return model.predict_env(environments(rep, mols))
+
+
+__all__ = ["TARGETS", "DerivativeKRR", "Environments", "environments", "fit_molecules", "gram_block", "gram_matrix",
+           "is_local", "predict_energies", "predict_energies_and_forces", "rigid_complement"]

@@ -1,0 +1,238 @@
+"""Fitting MolecularKRR with derivative observations, and choosing σ and λ on held-out forces.
+
+:func:`select_force_hyperparameters` fits on the first frames of the training set and scores on a
+later block of it (MD frames are correlated: a random split would leak), by force MAE when forces
+are trained and energy MAE otherwise. One Gram matrix is built per σ and re-factorised per λ.
+The ridges are searched as multiples of the mean diagonal of the energy and gradient blocks (one
+relative grid for both), so the grid does not depend on the energy unit. A choice on the edge of
+its grid raises a :class:`GridEdgeWarning`: the optimum may lie beyond it.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .derivative_krr import (
+    DerivativeKRR,
+    check_targets,
+    environments,
+    fit_molecules,
+    gram_matrix,
+    observations,
+    row_layout,
+)
+from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
+from .kernels import make_kernel
+from .linalg import spd_factor, spd_solve
+from .molecules import Molecules
+
+#: Relative ridges (multiples of the mean diagonal of the energy / gradient blocks).
+DEFAULT_RELATIVE_LAMS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
+#: σ grid as multiples of the median distance between training environments of the same element.
+DEFAULT_SIGMA_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+#: At most this many frames are fitted per grid point, and at most ``MAX_VALIDATION`` scored.
+MAX_SELECTION_TRAIN = 100
+MAX_VALIDATION = 100
+
+
+class GridEdgeWarning(UserWarning):
+    """A selected hyperparameter lies on the edge of its grid."""
+
+
+@dataclass
+class ForceSelection:
+    """Result of :func:`select_force_hyperparameters`: the chosen σ, λ (energy rows), λ_F (gradient
+    rows), the score (validation MAE, forces if trained else energies) and the table of all scores
+    as (σ, λ, λ_F, energy MAE, force MAE or NaN)."""
+
+    sigma: float
+    lam: float
+    lam_forces: float
+    score: float
+    table: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+
+
+def select_force_hyperparameters(
+    rep: Any,
+    mols: Molecules,
+    energies: np.ndarray,
+    *,
+    kernel: Any = "gaussian",
+    targets: str = "energy+forces",
+    sigmas: Any = None,
+    lams: Any = None,
+    lam_forces: Any = None,
+    center: bool = True,
+    validation_fraction: float = 0.2,
+    max_train: int = MAX_SELECTION_TRAIN,
+    progress: bool = False,
+) -> ForceSelection:
+    """Choose σ, λ, λ_F by validation error on a later block of ``mols`` (a fitted representation).
+
+    sigmas : grid of σ (default: :data:`DEFAULT_SIGMA_FACTORS` × the median environment distance).
+    lams, lam_forces : grids of absolute ridges for the energy and gradient rows; when both are None
+        one relative grid (:data:`DEFAULT_RELATIVE_LAMS` × each block's mean diagonal) is searched.
+        A grid of one value fixes that ridge.
+    """
+    targets = check_targets(targets)
+    base = make_kernel(kernel)
+    if targets != "energy" and not base.twice_differentiable:
+        raise NotDifferentiableError(f"kernel {base.name!r} has no second derivatives: force training needs one")
+    n = len(mols)
+    if n < 3:
+        raise ShapeMismatchError(f"selecting hyperparameters needs at least 3 training molecules, got {n}")
+    n_val = min(MAX_VALIDATION, max(1, int(round(validation_fraction * n))))
+    n_fit = n - n_val
+    fit_idx = np.unique(np.linspace(0, n_fit - 1, min(n_fit, max_train)).round().astype(int))
+    val_idx = np.arange(n_fit, n)
+    fit_mols, val_mols = mols.subset(fit_idx), mols.subset(val_idx)
+    e_fit, e_val = energies[fit_idx], energies[val_idx]
+    grads = None
+    if targets != "energy":
+        if mols.forces is None:
+            raise ShapeMismatchError(f"targets={targets!r} needs training forces: these molecules carry none")
+        grads = [-f for f in fit_mols.split_atoms(fit_mols.forces)]
+    env = environments(rep, fit_mols, jacobians=targets != "energy")
+    val_env = environments(rep, val_mols)
+    if sigmas is None:
+        if not base.has_length_scale:
+            sigmas = [None]
+        else:
+            sigmas = [f * _median_distance(env) for f in DEFAULT_SIGMA_FACTORS]
+    sigmas = list(np.atleast_1d(sigmas)) if sigmas is not None else [None]
+    rows = row_layout(env, targets)
+    y, e_rows, offset = observations(env, e_fit, grads, targets, rows, center)
+    f_rows = ~e_rows
+    relative = lams is None and lam_forces is None
+    model = DerivativeKRR(base, None, 0.0, 0.0, targets, center)
+    table = []
+    best = None
+    for sigma in sigmas:
+        kern = base.with_sigma(sigma)
+        model.kernel, model.sigma = kern, sigma
+        K = gram_matrix(kern, env, targets, rows)
+        de = float(np.mean(np.diagonal(K)[e_rows])) if e_rows.any() else 1.0
+        df = float(np.mean(np.diagonal(K)[f_rows])) if f_rows.any() else 1.0
+        le = [r * de for r in DEFAULT_RELATIVE_LAMS] if lams is None else list(np.atleast_1d(lams))
+        lf = [r * df for r in DEFAULT_RELATIVE_LAMS] if lam_forces is None else list(np.atleast_1d(lam_forces))
+        if targets == "energy":
+            lf = lf[:1]
+        if targets == "forces":
+            le = le[:1]
+        if relative and targets == "energy+forces":  # one relative grid for both kinds of rows
+            pairs = list(zip(le, lf))
+        else:
+            pairs = [(a, b) for a in le for b in lf]
+        for lam_e, lam_f in pairs:
+            diag = np.where(e_rows, lam_e, lam_f)
+            try:
+                L, _ = spd_factor(lambda: _with_diagonal(K, diag), 0.0)
+            except Exception:  # a cell that cannot be factorised is skipped, as in krr's selection
+                continue
+            coef = spd_solve(L, y)
+            del L
+            model._set_weights(env, coef, rows, targets)
+            model.offset_ = offset
+            if targets == "forces":
+                model.offset_ = float(np.mean(e_fit - model.predict_env(env)))
+            e_mae, f_mae = _validation_errors(rep, model, val_mols, val_env, e_val, targets)
+            table.append((float(sigma) if sigma is not None else float("nan"), lam_e, lam_f, e_mae, f_mae))
+            score = f_mae if targets != "energy" else e_mae
+            if progress:
+                print(f"  sigma={sigma:.4g} lam={lam_e:.2e} lam_forces={lam_f:.2e}: energy MAE {e_mae:.4g}, "
+                      f"force MAE {f_mae:.4g}", file=sys.stderr)
+            if np.isfinite(score) and (best is None or score < best[0]):
+                best = (score, sigma, lam_e, lam_f)
+        del K
+    if best is None:
+        raise InvalidInputError("no hyperparameter cell could be fitted (all kernel matrices failed to factorise)")
+    score, sigma, lam_e, lam_f = best
+    _warn_on_edges(table, sigma, lam_e, lam_f, targets)
+    return ForceSelection(float(sigma) if sigma is not None else None, float(lam_e), float(lam_f), float(score),
+                          table)
+
+
+def fit_derivative_model(model: Any, mols: Molecules, y: np.ndarray, *, progress: bool = False) -> Any:
+    """The derivative-observation branch of :meth:`molkrr.MolecularKRR.fit` (representation_ fitted)."""
+    if model.metric is not None:
+        raise InvalidInputError("a learned metric is not supported with force targets or local kernels (yet)")
+    targets = check_targets(model.targets)
+    kernel = make_kernel(model.kernel)
+    sigma = model.sigma if model.sigma is not None or isinstance(model.kernel, str) else kernel.sigma
+    lam, lam_f = model.lam, model.lam_forces
+    if targets == "energy":
+        lam_f = 0.0 if lam_f is None else lam_f
+    if targets == "forces":
+        lam = 0.0 if lam is None else lam
+    need = (kernel.has_length_scale and sigma is None) or lam is None or lam_f is None
+    if need:
+        sel = select_force_hyperparameters(
+            model.representation_, mols, y, kernel=kernel, targets=targets,
+            sigmas=None if sigma is None else [sigma],
+            lams=None if lam is None else [lam],
+            lam_forces=None if lam_f is None else [lam_f],
+            center=model.center, progress=progress)
+        sigma, lam, lam_f = sel.sigma, sel.lam, sel.lam_forces
+        if progress:
+            print(f"selected sigma={sigma}, lam={lam:.3g}, lam_forces={lam_f:.3g} (validation MAE {sel.score:.4g})",
+                  file=sys.stderr)
+    model.metric_ = None
+    model.sigma_ = float(sigma) if kernel.has_length_scale else None
+    model.lam_ = float(lam)
+    model.lam_forces_ = float(lam_f)
+    model.krr_ = fit_molecules(model.representation_, mols, kernel=kernel.with_sigma(model.sigma_),
+                               sigma=model.sigma_, lam=model.lam_, lam_forces=model.lam_forces_, targets=targets,
+                               center=model.center, energies=y, progress=progress)
+    return model
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _median_distance(env: Any, max_rows: int = 2000) -> float:
+    """Median distance between environments of the same label (a subsample of at most max_rows)."""
+    idx = np.unique(np.linspace(0, env.X.shape[0] - 1, min(env.X.shape[0], max_rows)).round().astype(int))
+    X, lab = env.X[idx], env.labels[idx]
+    d2 = np.sum(X**2, 1)[:, None] + np.sum(X**2, 1)[None, :] - 2 * X @ X.T
+    mask = (lab[:, None] == lab[None, :]) & ~np.eye(len(idx), dtype=bool)
+    vals = np.sqrt(np.clip(d2[mask], 0, None))
+    vals = vals[vals > 0]
+    return float(np.median(vals)) if vals.size else 1.0
+
+
+def _with_diagonal(K: np.ndarray, diag: np.ndarray) -> np.ndarray:
+    M = K.copy()
+    np.einsum("ii->i", M)[:] += diag
+    return M
+
+
+def _validation_errors(rep, model, val_mols, val_env, e_val, targets) -> tuple[float, float]:
+    if targets == "energy":
+        return float(np.mean(np.abs(model.predict_env(val_env) - e_val))), float("nan")
+    from .derivative_krr import predict_energies_and_forces
+
+    E, F = predict_energies_and_forces(rep, model, val_mols)
+    f_mae = float(np.mean(np.abs(np.concatenate(F) - val_mols.forces)))
+    return float(np.mean(np.abs(E - e_val))), f_mae
+
+
+def _warn_on_edges(table, sigma, lam_e, lam_f, targets) -> None:
+    def edge(values, v, name):
+        grid = sorted(set(values))
+        if len(grid) > 1 and (v == grid[0] or v == grid[-1]):
+            warnings.warn(f"selected {name}={v:.4g} lies on the edge of its grid [{grid[0]:.3g} … {grid[-1]:.3g}]: "
+                          "the optimum may lie beyond it; widen the grid", GridEdgeWarning, stacklevel=4)
+
+    if sigma is not None:
+        edge([t[0] for t in table], float(sigma), "sigma")
+    if targets != "forces":
+        edge([t[1] for t in table if t[0] == sigma], lam_e, "lam")
+    if targets != "energy":
+        edge([t[2] for t in table if t[0] == sigma], lam_f, "lam_forces")
+
+
+__all__ = ["DEFAULT_RELATIVE_LAMS", "DEFAULT_SIGMA_FACTORS", "ForceSelection", "GridEdgeWarning",
+           "fit_derivative_model", "select_force_hyperparameters"]
