@@ -181,7 +181,7 @@ def main() -> None:
         t = min(r["times"])
         naive_t, naive_m = min(rn["times"]), rn["peak_GB"]
         print(f"{n:>6} {(g + ch) / 1e9:>7.0f} {floor:>8.2f} {t:>8.2f} {t / floor:>7.2f} {naive_t:>8.2f} "
-              f"{t / naive_t:>6.2f} {r['peak_GB']:>8.2f} {naive_m:>8.2f} {r["peak_GB"] / naive_m:>6.2f} "
+              f"{t / naive_t:>6.2f} {r['peak_GB']:>8.2f} {naive_m:>8.2f} {r['peak_GB'] / naive_m:>6.2f} "
               f"{r['rss_before_GB']:>8.2f}")
         sys.stdout.flush()
     print("time: best of the evaluations; peak GB: VmHWM of the worker process (interpreter + imports + "
