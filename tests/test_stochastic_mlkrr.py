@@ -135,3 +135,13 @@ def test_stochastic_checkpoint_resume_is_exact(tmp_path, options):
     assert resumed.history_["val_mae"] == pytest.approx(ref.history_["val_mae"], abs=1e-12)
     with pytest.raises(ModelFileError, match="other parameters"):
         MLKRR(**{**kw, "batch_size": 40}).fit(X, y, validation_data=(Xv, yv), checkpoint=path)
+
+
+def test_auto_sigma_is_a_multiple_of_the_median_distance():
+    from molkrr.metric.driver import AUTO_SIGMA_MEDIANS
+
+    X, y, _, _ = problem(n=80)
+    est = MLKRR(max_iter=0).fit(X, y)
+    d = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))[np.triu_indices(80, 1)]
+    assert est.sigma == "auto" and est.sigma_ == pytest.approx(AUTO_SIGMA_MEDIANS * np.median(d), rel=1e-6)
+    assert MLKRR(max_iter=0, sigma=2.5).fit(X, y).sigma_ == 2.5

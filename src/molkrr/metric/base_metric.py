@@ -106,7 +106,8 @@ class MetricLearner(TransformerMixin, BaseEstimator):
         raise NotImplementedError
 
     def _check_common_params(self) -> None:
-        check_positive(self.sigma, "sigma")
+        if not (isinstance(self.sigma, str) and self.sigma == "auto"):  # "auto": resolved by the driver's start
+            check_positive(self.sigma, "sigma")
         check_int(self.max_iter, "max_iter", 0)
         if self.tol is not None:
             check_positive(self.tol, "tol")
