@@ -1,4 +1,4 @@
-"""The ``molkrr`` command: train, predict, demo, learn-metric.
+"""The ``molkrr`` command: train, predict, demo, learn-metric, paper.
 
 Exit status: 0 on success; 1 with a one-line ``Error: <message>`` on stderr for bad input (any
 :class:`~molkrr.errors.MolkrrError`, an unreadable or unwritable file); 2 for usage errors (click);
@@ -640,6 +640,23 @@ def learn_metric(dataset, xyz, energy_key, n_train, n_val, n_test, prop, unit, r
     plot_optimisation_trace(learner.history_, plot, unit=unit or "", baseline=result.mae_plain, learned=result.mae_learned,
                             title=f"{method.upper()} on {len(train_set)} molecules ({representation})", **trace_labels)
     click.echo(f"model written to {output}, trace to {plot}; total {time.perf_counter() - t_start:.0f} s")
+
+
+@cli.command()
+@click.option("--scale", type=click.Choice(["test", "quick", "full"]), default="quick", show_default=True,
+              help="full: the paper's sizes (24,000 molecules, hours); quick: minutes; test: seconds (for the tests).")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default="paper", show_default=True,
+              help="Folder for the figures, results.json and the resumable cache.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-supplementary", is_flag=True, help="Skip the HOMO–LUMO gap and Bag of Bonds curves.")
+@_quiet_option
+@_friendly
+def paper(scale, output, seed, no_supplementary, quiet):
+    """Reproduce the MLKRR paper (Fabregat et al. 2022): figures 3–7, learning curves, results.json."""
+    from .paper import run_paper
+
+    run_paper(scale, output, seed=seed, supplementary=not no_supplementary, log=(lambda _m: None) if quiet else click.echo)
+    click.echo(f"results in {output}/results.json")
 
 
 def main(argv: list[str] | None = None) -> None:

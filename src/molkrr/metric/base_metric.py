@@ -106,7 +106,8 @@ class MetricLearner(TransformerMixin, BaseEstimator):
         raise NotImplementedError
 
     def _check_common_params(self) -> None:
-        check_positive(self.sigma, "sigma")
+        if not (isinstance(self.sigma, str) and self.sigma == "auto"):  # "auto": resolved by the driver's start
+            check_positive(self.sigma, "sigma")
         check_int(self.max_iter, "max_iter", 0)
         if self.tol is not None:
             check_positive(self.tol, "tol")
@@ -126,13 +127,16 @@ class MetricLearner(TransformerMixin, BaseEstimator):
         runner = SegmentedLBFGS(self, X, y - y_offset, validation=validation, y_offset=y_offset,
                                 checkpoint=checkpoint, checkpoint_every=checkpoint_every, raw_y=y)
         state = runner.run(runner.start())
-        self.components_ = state.A
-        self.sigma_ = float(state.sigma)
+        self.components_, sigma = state.result()
+        self.sigma_ = float(sigma)
         self.n_iter_ = int(state.n_iter)
         self.n_segments_ = int(state.segment)
         self.seed_ = int(state.seed)
         self.y_offset_ = float(y_offset)
         self.history_ = state.history
+        if state.best_A is not None:  # early stopping: where the fitted A was taken
+            self.best_iteration_ = int(state.best_iteration)
+            self.best_val_mae_ = float(state.best_val_mae)
         return self
 
     def _checkpoint_params(self) -> dict:
