@@ -112,6 +112,26 @@ def write_good() -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------------------- model helpers
+def flip_detectable(raw: bytes, start: int) -> bytes:
+    """One bit flipped at the first offset ≥ start where the flip damages the file (a zip structure, a
+    CRC-checked member, the header): a flip in a timestamp byte leaves a valid file, not a bad input."""
+    import io
+
+    for where in range(start, len(raw)):
+        bad = bytearray(raw)
+        bad[where] ^= 0x10
+        try:
+            with zipfile.ZipFile(io.BytesIO(bytes(bad))) as zf:
+                if zf.testzip() is None and [i.filename for i in zf.infolist()] == [
+                    i.filename for i in zipfile.ZipFile(io.BytesIO(raw)).infolist()
+                ]:
+                    continue  # still a valid archive with the same members: not damaged
+        except Exception:
+            pass
+        return bytes(bad)
+    raise RuntimeError("no damaging bit flip found")
+
+
 def members(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
@@ -212,9 +232,8 @@ def model_cases(good: dict[str, Path]) -> None:
     for keep in (0.1, 0.5, 0.9, 0.99):
         add(cat, f"truncated_{int(keep * 100)}", "load", E, data=raw[: int(len(raw) * keep)], ext=".npz")
     for k, where in enumerate((len(raw) // 3, len(raw) // 2, 200)):
-        bad = bytearray(raw)
-        bad[where] ^= 0x10
-        add(cat, f"bit_flip_{k}", "load", E, data=bytes(bad), ext=".npz")
+        bad = flip_detectable(raw, where)
+        add(cat, f"bit_flip_{k}", "load", E, data=bad, ext=".npz")
     header, arrays = members(cm)
     key = array_key(node(header, "krr_"), "X_fit_")
     # an .npy header declaring 64 GiB in front of a few bytes
