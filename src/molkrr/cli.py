@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import InvalidInputError, MolkrrError
 from .kernels import KERNELS
-from .representations import REPRESENTATIONS
+from .representations import REPRESENTATIONS, representation_names
 
 CHUNK = 1000  # molecules per progress-bar step
 #: Exit status for an unexpected exception (a bug), after its traceback: EX_SOFTWARE of sysexits.h.
@@ -121,7 +121,8 @@ def cli() -> None:
 
 
 def _representation_option(default: str):
-    return click.option("--representation", type=click.Choice(REPRESENTATIONS), default=default, show_default=True)
+    return click.option("--representation", type=click.Choice(representation_names()), default=default, show_default=True,
+                        help="Per-atom forms (fchl19-local, fchl19-atomic) use the local kernel (sum over atom pairs).")
 
 
 _rep_option = _representation_option("cm-sorted")
@@ -418,6 +419,11 @@ def demo(n_train, n_test, representation, kernel, seed, parity, quiet):
     )
 
 
+#: (σ, λ, λ_forces) chosen by force MAE for the shipped ethanol trajectory with fchl19-local
+#: (``python benchmarks/force_training.py FILE --n-train 200``); the demo's default for force targets.
+FORCE_DEMO_HYPERPARAMETERS = (2.036, 3.65e-5, 3.66e-6)
+
+
 @cli.command("demo-md")
 @click.option("--data", type=click.Path(dir_okay=False),
               help="Trajectory to use (default: the shipped GFN2-xTB ethanol trajectory, 1,500 frames at 500 K).")
@@ -426,12 +432,19 @@ def demo(n_train, n_test, representation, kernel, seed, parity, quiet):
 @click.option("--n-valid", type=click.IntRange(2), default=100, show_default=True, help="Validation frames (a later block) for sigma and lambda.")
 @click.option("--n-test", type=click.IntRange(1), default=300, show_default=True, help="Test frames, from the last block.")
 @click.option("--targets", type=click.Choice(["energy", "energy+forces", "forces"]), default="energy", show_default=True)
-@click.option("--representation", type=click.Choice(REPRESENTATIONS), default="fchl19", show_default=True)
+@click.option("--representation", type=click.Choice(representation_names()), default="fchl19", show_default=True)
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True),
+              help="Kernel width. Default: selected on the validation frames for energy targets; for force targets "
+              f"{FORCE_DEMO_HYPERPARAMETERS[0]:g} (with lambda {FORCE_DEMO_HYPERPARAMETERS[1]:g}, lambda_forces "
+              f"{FORCE_DEMO_HYPERPARAMETERS[2]:g}: selected on force MAE for the shipped ethanol trajectory by "
+              "benchmarks/force_training.py).")
+@click.option("--lam", type=click.FloatRange(min=0), help="Ridge on energy rows (with --sigma).")
+@click.option("--lam-forces", type=click.FloatRange(min=0), help="Ridge on force rows (with --sigma).")
 @click.option("--nve-steps", type=click.IntRange(0), default=200, show_default=True, help="Velocity-Verlet steps (0.5 fs) of the NVE check.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the NVE run's initial velocities.")
 @_quiet_option
 @_friendly
-def demo_md(data, unit, n_train, n_valid, n_test, targets, representation, nve_steps, seed, quiet):
+def demo_md(data, unit, n_train, n_valid, n_test, targets, representation, sigma, lam, lam_forces, nve_steps, seed, quiet):
     """Train on MD frames (GFN2-xTB), test energies and forces on later frames, run a short NVE through the ASE calculator.
 
     Frames are split in blocks (train on the first 2/3 of the trajectory, validate and test on later blocks),
@@ -450,10 +463,16 @@ def demo_md(data, unit, n_train, n_valid, n_test, targets, representation, nve_s
     click.echo(f"molkrr demo-md: {Path(path).name}, {len(mols)} frames of {_formula(mols)}; {representation}, targets={targets}")
     click.echo(f"block split: train {len(train)} frames from 0..{train.max()}, validation {len(valid)} from "
                f"{valid.min()}..{valid.max()}, test {len(test)} from {test.min()}..{test.max()}")
-    sigma = lam = None
-    if targets == "energy":
-        sigma, lam = _select_on_validation(train_set, valid_set, representation, "gaussian", None, None, unit, quiet)
+    extra = {}
+    if targets == "energy" and (sigma is None or lam is None):
+        sigma, lam = _select_on_validation(train_set, valid_set, representation, "gaussian", sigma, lam, unit, quiet)
+    elif targets != "energy":
+        if sigma is None:  # force-MAE selection takes minutes: the demo uses the setting it found once
+            sigma, lam, lam_forces = FORCE_DEMO_HYPERPARAMETERS
+        lam = 1e-6 if lam is None else lam
+        extra["lam_forces"] = lam_forces if lam_forces is not None else lam / 10
     model = _make_model(representation, "gaussian", sigma, lam, unit, targets=targets)
+    model.set_params(**extra)
     t0 = time.perf_counter()
     model.fit(train_set, progress=not quiet)
     click.echo(f"trained on {len(train_set)} frames in {time.perf_counter() - t0:.1f} s (sigma={model.sigma_:.4g}, lambda={model.lam_:.1e})")
