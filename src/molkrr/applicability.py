@@ -78,7 +78,12 @@ def check_elements(model: Any, molecules: Molecules) -> None:
     allowed = getattr(model, "elements_", None)
     if allowed is None:  # a model built by hand, not by fit or load_model
         return
-    unseen = ~np.isin(molecules.numbers, allowed)
+    numbers = molecules.numbers
+    if numbers.size and numbers.min() < 0:
+        raise UnseenElementError(f"atomic number {int(numbers.min())} is not an element")
+    table = np.zeros(max(int(numbers.max(initial=0)), int(np.max(allowed, initial=0))) + 1, dtype=bool)
+    table[np.asarray(allowed, dtype=np.int64)] = True  # a lookup table: cheaper than np.isin for one molecule
+    unseen = ~table[numbers]
     if not unseen.any():
         return
     atom = int(np.flatnonzero(unseen)[0])
