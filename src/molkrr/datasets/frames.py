@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, InvalidInputError
-from ..molecules import Molecules, as_molecules
+from ..molecules import Molecules
 
 __all__ = ["MissingUnitError", "block_split", "file_energy_unit", "read_frames", "write_frames"]
 
@@ -170,15 +170,9 @@ def write_frames(
     """
     import ase.io
 
-    from .io import _flat_forces
+    from .io import labelled
 
-    mols = as_molecules(molecules)
-    if energies is not None or forces is not None:
-        mols = mols.with_labels(
-            mols.energies if energies is None else energies,
-            mols.forces if forces is None else _flat_forces(forces),
-        )
-    images = mols.to_ase()
+    images = labelled(molecules, energies, forces).to_ase()
     if info is None or isinstance(info, Mapping):
         info = [info or {}] * len(images)
     if len(info) != len(images):

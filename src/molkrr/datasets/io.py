@@ -141,13 +141,7 @@ def write_xyz(
     """
     import ase.io
 
-    mols = as_molecules(molecules)
-    if energies is not None or forces is not None:
-        mols = mols.with_labels(
-            mols.energies if energies is None else energies,
-            mols.forces if forces is None else _flat_forces(forces),
-        )
-    images = mols.to_ase()
+    images = labelled(molecules, energies, forces).to_ase()
     p = Path(os.fspath(path))
     try:
         atomic_write(p, lambda fh: ase.io.write(fh, images, format="extxyz"), mode="w")
@@ -156,6 +150,18 @@ def write_xyz(
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def labelled(molecules: Any, energies: Any = None, forces: Any = None) -> Molecules:
+    """``molecules`` as Molecules with these energies/forces in place of their own (where given); forces
+    (n_total_atoms, 3) or one (n_atoms, 3) array per molecule."""
+    mols = as_molecules(molecules)
+    if energies is None and forces is None:
+        return mols
+    return mols.with_labels(
+        mols.energies if energies is None else energies,
+        mols.forces if forces is None else _flat_forces(forces),
+    )
+
+
 def _frame_energy(atoms: Any, key: str, path: Path, frame: int) -> float | None:
     """The energy of one frame, None if it has none; InvalidInputError naming the frame if it is not a finite number."""
     value = None
