@@ -11,6 +11,7 @@ from molkrr.datasets import load_qm9
 from molkrr.errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
 from molkrr.model import finite_difference_forces
 from molkrr.representations import make_representation
+from molecule_factory import random_molecules
 
 # sizes that hold every QM9 molecule, so that a model fitted on a few can predict any other
 QM9_SIZES = {"cm": {"size": 29}, "bo": {"bag_sizes": {1: 20, 6: 9, 7: 7, 8: 5, 9: 6}}}
@@ -23,22 +24,6 @@ def qm9():
     return load_qm9(300, seed=11, unit="kcal/mol")
 
 
-def random_molecules(n: int, seed: int) -> Molecules:
-    """Small random H/C/N/O molecules with atoms at least ~0.9 Å apart."""
-    rng = np.random.default_rng(seed)
-    numbers, positions = [], []
-    for _ in range(n):
-        k = int(rng.integers(3, 7))
-        z = rng.choice([1, 6, 7, 8], size=k)
-        while True:
-            r = rng.normal(scale=1.2, size=(k, 3))
-            d = np.linalg.norm(r[:, None] - r[None], axis=-1) + 10 * np.eye(k)
-            if d.min() > 0.9:
-                break
-        numbers.append(z)
-        positions.append(r)
-    energies = rng.normal(size=n)
-    return Molecules.from_list(numbers, positions, energies)
 
 
 def sigma_for(model_rep, kernel, X):

@@ -25,6 +25,7 @@ from molkrr.kernels import Matern, make_kernel
 from molkrr.linalg import JitterWarning
 from molkrr.metric import mlkr_loss_and_grad, mlkrr_loss_and_grad
 from molkrr.metric.mlkrr import _objective
+from molecule_factory import random_molecules
 
 try:
     import torch
@@ -241,21 +242,6 @@ def test_non_finite_kernel_is_a_numerical_error():
         be.spd_factor(lambda: torch.full((3, 3), float("nan"), dtype=torch.float64))
 
 
-def random_molecules(n: int, seed: int) -> Molecules:
-    """Small random H/C/N/O molecules with atoms at least 0.9 Å apart."""
-    rng = np.random.default_rng(seed)
-    numbers, positions = [], []
-    for _ in range(n):
-        k = int(rng.integers(3, 7))
-        z = rng.choice([1, 6, 7, 8], size=k)
-        while True:
-            r = rng.normal(scale=1.2, size=(k, 3))
-            d = np.linalg.norm(r[:, None] - r[None], axis=-1) + 10 * np.eye(k)
-            if d.min() > 0.9:
-                break
-        numbers.append(z)
-        positions.append(r)
-    return Molecules.from_list(numbers, positions, rng.normal(size=n))
 
 
 @pytest.mark.parametrize("device", DEVICES)
