@@ -61,6 +61,26 @@ def test_stochastic_fit_learns_and_uses_batches_only():
     assert min(h["val_mae"]) < 0.8 * h["val_mae"][0]
 
 
+def test_stochastic_validation_is_a_krr_on_one_fixed_reference_batch():
+    """The recorded validation MAE is that of scikit-learn's KRR on the reference rows in the learned metric
+    (the same rows in every segment), so MAEs of different segments compare."""
+    from sklearn.kernel_ridge import KernelRidge as SkKRR
+
+    X, y, Xv, yv = problem()
+    est = MLKRR(batch_size=50, sigma=3.0, lam=1e-6, alpha_fraction=0.4, max_iter=12, shuffle_every=4,
+                random_state=0, validation_every=4).fit(X, y, validation_data=(Xv, yv))
+    ref = est.reference_rows(X.shape[0], est.seed_)
+    assert len(ref) == 50 and len(set(ref)) == 50
+    np.testing.assert_array_equal(ref, MLKRR(batch_size=50).reference_rows(X.shape[0], est.seed_))
+    assert not np.array_equal(ref, est.split(X.shape[0], 0, est.seed_)[0])
+    A, s = est.components_, est.sigma_
+    sk = SkKRR(kernel="rbf", gamma=1.0 / (2 * s**2), alpha=est.lam).fit(X[ref] @ A.T, y[ref] - est.y_offset_)
+    mae = np.mean(np.abs(sk.predict(Xv @ A.T) + est.y_offset_ - yv))
+    assert est.history_["val_iteration"][-1] == est.n_iter_
+    np.testing.assert_allclose(est.history_["val_mae"][-1], mae, rtol=1e-8)
+    np.testing.assert_array_equal(MLKRR().reference_rows(30, 0), np.arange(30))
+
+
 def test_early_stopping_keeps_the_best_validated_components_and_patience_stops():
     X, y, Xv, yv = problem()
     kept = {}

@@ -37,6 +37,9 @@ from ._util import as_float_matrix, as_float_vector, check_int, check_positive
 from .base_metric import MetricLearner
 
 
+_VALIDATION_STREAM = 0x7A11D  # seed-sequence key of stochastic MLKRR's fixed validation reference batch
+
+
 def _lazy_square(m: int) -> np.ndarray:
     """An uninitialised (m, m) float64 C array whose pages are only backed once written.
 
@@ -321,6 +324,21 @@ def mlkrr_loss_and_grad(
     return loss, grad
 
 
+def krr_alpha_transformed(X: np.ndarray, y: np.ndarray, A: np.ndarray, sigma: float, lam: float,
+                          kernel: "str | Kernel" = "gaussian") -> np.ndarray:
+    """KRR coefficients α (n,) = (K + λI)⁻¹ y of the kernel on A x with width σ (Cholesky, lower triangle only)."""
+    k = metric_kernel(kernel)
+    La, Ra = embed(X, A / sigma)
+    n = X.shape[0]
+    Hbuf = _lazy_square(n)
+    gaussian = type(k) is Gaussian
+    embedded_blocks(La, Ra, Hbuf, lower=True, value=None if gaussian else _profile_value(k))
+    g0 = 1.0 if gaussian else float(k.profile(np.zeros(1))[0][0])
+    Hbuf.flat[:: n + 1] = g0 + lam
+    U = _factor_upper(Hbuf)
+    return cho_solve((U, False), y, check_finite=False)
+
+
 def krr_predict_transformed(X_new: np.ndarray, X_alpha: np.ndarray, alpha: np.ndarray, A: np.ndarray,
                             sigma: float, kernel: "str | Kernel" = "gaussian") -> np.ndarray:
     """Σ_j α_j k(x, x_j) for the rows x of X_new (kernel on A x with width σ)."""
@@ -445,7 +463,9 @@ class MLKRR(MetricLearner):
         """Learn A from X (n, n_features) and y (n,).
 
         validation_data : (X_val, y_val) or None — recorded in ``history_`` every ``validation_every``
-            iterations (the MAE of the current objective's KRR model).
+            iterations: the MAE of the current objective's KRR model (full batch), or with
+            ``batch_size`` of a KRR on one fixed reference batch of the training set (a function of
+            the seed), so that validation MAEs of different segments compare.
         checkpoint : path or None — if given, the state (A, σ, iteration, segment, seed, history) is
             written there atomically at segment boundaries; if the file exists, fitting resumes from
             it (same data and parameters required) and ends exactly where an uninterrupted run ends.
@@ -478,6 +498,13 @@ class MLKRR(MetricLearner):
         perm = np.random.default_rng([seed, segment]).permutation(n)
         return np.sort(perm[:n_alpha]), np.sort(perm[n_alpha:m])
 
+    def reference_rows(self, n: int, seed: int) -> np.ndarray:
+        """Rows (sorted) of the fixed batch whose KRR gives stochastic MLKRR's validation MAE: batch_size
+        of the n training rows, a function of the seed only (all n rows without a smaller batch_size)."""
+        if self.batch_size is None or int(self.batch_size) >= n:
+            return np.arange(n)
+        return np.sort(np.random.default_rng([seed, _VALIDATION_STREAM]).permutation(n)[: int(self.batch_size)])
+
     def _segment_objective(self, X, y, segment, seed):
         ia, iA = self.split(X.shape[0], segment, seed)
         Xa, ya, XA, yA = X[ia], y[ia], X[iA], y[iA]
@@ -493,6 +520,20 @@ class MLKRR(MetricLearner):
 
         def fn(A, sigma):
             return objective(A, *data, sigma, lam, want_aux=True)
+
+        n = X.shape[0]
+        if self.batch_size is not None and int(self.batch_size) < n:
+            # Stochastic: the α part changes every segment, so its KRR's validation MAE would mix the
+            # metric's progress with the draw's luck. Validate instead with a KRR on one fixed
+            # reference batch (batch_size rows, a function of the seed only): comparable across segments.
+            ref = self.reference_rows(n, seed)
+            Xr, yr = X[ref], y[ref]
+
+            def predictor(Xv, A, sigma, aux):
+                alpha = krr_alpha_transformed(Xr, yr, A, sigma, lam, kernel)
+                return krr_predict_transformed(Xv, Xr, alpha, A, sigma, kernel)
+
+            return fn, predictor
 
         def predictor(Xv, A, sigma, aux):
             alpha = aux.get("alpha")
