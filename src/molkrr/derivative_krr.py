@@ -52,13 +52,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from .element_basis import ElementBasis, fit_element_basis
 from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
 from .kernels import Kernel, make_kernel
 from .kernels.base import StationaryKernel
@@ -105,9 +106,16 @@ class Environments:
     env_offsets: np.ndarray
     J: list[np.ndarray] | None = None
     Q: list[np.ndarray] | None = None
+    _compressed: "CompressedEnvironments | None" = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.env_offsets) - 1
+
+    def compressed(self) -> "CompressedEnvironments":
+        """Per-element exact coordinates of these environments (:func:`compress`), computed once."""
+        if self._compressed is None:
+            self._compressed = compress(self)
+        return self._compressed
 
     def env_slice(self, m: int) -> slice:
         return slice(int(self.env_offsets[m]), int(self.env_offsets[m + 1]))
@@ -158,6 +166,45 @@ def rigid_complement(R: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(U[:, rank:])
 
 
+@dataclass
+class CompressedEnvironments:
+    """Environments in per-element exact coordinates (:mod:`molkrr.element_basis`).
+
+    For each element z: ``bases[z]``, ``P[z]`` (n_env_z, r_z) the coordinates of its environments in
+    environment order, ``offsets[z]`` (n_mol + 1,) molecule m's rows of P[z], and (with Jacobians)
+    ``C[z][m]`` (n_z_m, r_z, q_m) = B_zᵀ J of molecule m's environments of z.
+    """
+
+    bases: dict[int, ElementBasis]
+    P: dict[int, np.ndarray]
+    offsets: dict[int, np.ndarray]
+    C: dict[int, list[np.ndarray]] | None = None
+
+
+def compress(env: Environments) -> CompressedEnvironments:
+    """Per-element coordinates p = Bᵀ(x − μ) and C = BᵀJ of ``env`` (bases from its own features and Jacobians)."""
+    bases, P, offsets = {}, {}, {}
+    C = None if env.J is None else {}
+    slices = [env.env_slice(m) for m in range(len(env))]
+    for z in np.unique(env.labels).tolist():
+        rows = np.flatnonzero(env.labels == z)
+        local = [np.flatnonzero(env.labels[s] == z) for s in slices]
+
+        def jacobian_rows(local=local):
+            for m, loc in enumerate(local):
+                if loc.size:
+                    Jz = env.J[m][loc]  # (n_z, d, q)
+                    yield Jz.transpose(0, 2, 1).reshape(-1, Jz.shape[1])
+
+        basis = fit_element_basis(env.X[rows], jacobian_rows if env.J is not None else None)
+        bases[z] = basis
+        P[z] = np.ascontiguousarray(basis.coordinates(env.X[rows]))
+        offsets[z] = np.concatenate([[0], np.cumsum([loc.size for loc in local])]).astype(np.int64)
+        if C is not None:
+            C[z] = [np.ascontiguousarray(basis.project_columns(env.J[m][loc])) for m, loc in enumerate(local)]
+    return CompressedEnvironments(bases, P, offsets, C)
+
+
 # ------------------------------------------------------------------------------------ the Gram matrix
 def row_layout(env: Environments, targets: str) -> np.ndarray:
     """Row offsets (n_mol + 1,) of each molecule's rows: [E_m?] + [q_m gradient rows?], molecule by molecule."""
@@ -193,11 +240,10 @@ def observations(env: Environments, energies: np.ndarray, gradients: list[np.nda
 
 
 def _groups(env: Environments) -> list[np.ndarray]:
-    """Runs of consecutive molecules with equal (n_env, q) (the batched products need equal shapes)."""
-    n_env = np.diff(env.env_offsets)
-    q = np.array([J.shape[2] for J in env.J]) if env.J is not None else np.zeros(len(env), dtype=np.int64)
-    key = n_env * 100_003 + q
-    cuts = np.flatnonzero(np.diff(key)) + 1
+    """Runs of consecutive molecules with equal labels (in order) and q (the batched products need equal shapes)."""
+    q = [J.shape[2] for J in env.J] if env.J is not None else [0] * len(env)
+    keys = [(q[m], env.labels[env.env_slice(m)].tobytes()) for m in range(len(env))]
+    cuts = [m for m in range(1, len(env)) if keys[m] != keys[m - 1]]
     return np.split(np.arange(len(env)), cuts)
 
 
@@ -205,14 +251,30 @@ def _chunks(idx: np.ndarray, size: int) -> list[np.ndarray]:
     return [idx[s : s + size] for s in range(0, len(idx), size)]
 
 
-def _stack(env: Environments, mols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(X (a, n_e, d), labels (a, n_e), J (a, n_e, d, q) or None) of consecutive molecules of one group."""
-    s, t = int(env.env_offsets[mols[0]]), int(env.env_offsets[mols[-1] + 1])
+def _stack_element(comp: CompressedEnvironments, z: int, mols: np.ndarray) -> tuple | None:
+    """(P (a, n_z, r), labels (a, n_z), C (a, n_z, r, q) or None) of element z in consecutive molecules of
+    one group, or None where they have no environment of z."""
+    off = comp.offsets[z]
+    s, t = int(off[mols[0]]), int(off[mols[-1] + 1])
     a = len(mols)
-    X = env.X[s:t].reshape(a, -1, env.X.shape[1])
-    lab = env.labels[s:t].reshape(a, -1)
-    J = None if env.J is None else np.stack([env.J[m] for m in mols])
-    return X, lab, J
+    if t == s:
+        return None
+    P = comp.P[z][s:t].reshape(a, (t - s) // a, -1)
+    C = None if comp.C is None else np.stack([comp.C[z][m] for m in mols])
+    return P, np.zeros(P.shape[:2], dtype=np.int64), C
+
+
+def gram_block_elements(kernel: Kernel, comp: CompressedEnvironments, ca: np.ndarray, cb: np.ndarray,
+                        shape: tuple[int, int, int, int], targets: str) -> np.ndarray:
+    """Covariance block (a, r_A, b, r_B) between molecules ``ca`` and ``cb`` (each of one group), summed
+    element by element in exact per-element coordinates (no work on pairs of different elements)."""
+    out = np.zeros(shape)
+    for z in comp.bases:
+        A = _stack_element(comp, z, ca)
+        B = _stack_element(comp, z, cb) if A is not None else None
+        if B is not None:
+            out += gram_block(kernel, A, B, targets)
+    return out
 
 
 def pair_coefficients(kernel: Kernel, XA: np.ndarray, XB: np.ndarray, labA: np.ndarray, labB: np.ndarray,
@@ -241,7 +303,8 @@ def pair_coefficients(kernel: Kernel, XA: np.ndarray, XB: np.ndarray, labA: np.n
 
 
 def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str) -> np.ndarray:
-    """Covariance block between stacked molecules A and B (from :func:`_stack`), shape (a, r_A, b, r_B).
+    """Covariance block between stacked molecules A and B (from :func:`_stack_element`: x, labels, J per
+    molecule; any feature coordinates), shape (a, r_A, b, r_B).
 
     r = 1 + q (energy+forces), q (forces) or 1 (energy); rows of a molecule are [E, ∇ (q)].
     """
@@ -262,36 +325,34 @@ def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str) -> np.ndarray:
     if not want_f:
         return out
     g1, c1, c2 = coef[1], coef[2], coef[3]
-    if want_e:
-        # cov(E_A, ∇_B)[i, j] = Σ_{f∈Bj} J_fᵀ v_{i,f},  v_{i,f} = Σ_{e∈Ai} −g₁(e,f)(x_e − x_f)
-        G = g1.reshape(a, nA, b * nB)
-        v = xb[None, :, :] * G.sum(axis=1)[:, :, None] - np.matmul(G.transpose(0, 2, 1), XA)  # (a, b nB, d)
-        v = v.reshape(a, b, nB * d).transpose(1, 0, 2)  # (b, a, nB d)
-        out[:, 0, :, o:] = np.matmul(v, JB.reshape(b, nB * d, qB)).transpose(1, 0, 2)
-        # cov(∇_A, E_B)[i, j] = Σ_{e∈Ai} J_eᵀ u_{e,j},  u_{e,j} = Σ_{f∈Bj} g₁(e,f)(x_e − x_f)
-        H = g1.reshape(a * nA, b, nB).transpose(1, 0, 2)  # (b, a nA, nB)
-        u = xa[None, :, :] * H.sum(axis=2)[:, :, None] - np.matmul(H, XB)  # (b, a nA, d)
-        u = u.reshape(b, a, nA * d).transpose(1, 2, 0)  # (a, nA d, b)
-        out[:, o:, :, 0] = np.matmul(JA.reshape(a, nA * d, qA).transpose(0, 2, 1), u)
-    # c₁ part: Σ_{f∈Bj} S_fᵀ J_f with S_f = Σ_{e∈Ai} c₁(e,f) J_e
-    C1 = np.ascontiguousarray(c1.reshape(a, nA, b * nB).transpose(0, 2, 1))  # (a, b nB, nA)
-    S = np.matmul(C1, JA.reshape(a, nA, d * qA))  # (a, b nB, d qA)
-    S = S.reshape(a, b, nB * d, qA).transpose(0, 1, 3, 2)  # (a, b, qA, nB d)
-    FF = np.matmul(S, JB.reshape(1, b, nB * d, qB))  # (a, b, qA, qB)
-    del S
-    # c₂ part: Σ_{e,f} c₂ (J_eᵀδ)(J_fᵀδ)ᵀ with J_eᵀδ = J_eᵀx_e − J_eᵀx_f and J_fᵀδ = J_fᵀx_e − J_fᵀx_f
-    # J_eᵀx_f for all pairs as one GEMM each way: (a nA qA, d) @ (d, b nB)
+    # J_eᵀδ and J_fᵀδ (δ = x_e − x_f) for all pairs, one GEMM each way: (a nA qA, d) @ (d, b nB)
     JAt = np.ascontiguousarray(JA.transpose(0, 1, 3, 2)).reshape(a * nA * qA, d)
     JBt = np.ascontiguousarray(JB.transpose(0, 1, 3, 2)).reshape(b * nB * qB, d)
     JAx = np.einsum("eqd,ed->eq", JAt.reshape(a * nA, qA, d), xa)  # J_eᵀ x_e (a nA, qA)
     JBx = np.einsum("fqd,fd->fq", JBt.reshape(b * nB, qB, d), xb)
-    U = (JAx[:, :, None] - (JAt @ xb.T).reshape(a * nA, qA, b * nB)).reshape(a, nA, qA, b, nB)  # J_eᵀ δ
-    V = ((JBt @ xa.T).reshape(b * nB, qB, a * nA) - JBx[:, :, None]).reshape(b, nB, qB, a, nA)  # J_fᵀ δ
-    U *= c2.reshape(a, nA, 1, b, nB)
-    U = U.transpose(0, 3, 2, 1, 4).reshape(a, b, qA, nA * nB)
-    V = V.transpose(3, 0, 4, 1, 2).reshape(a, b, nA * nB, qB)
-    FF += np.matmul(U, V)
-    out[:, o:, :, o:] = FF.transpose(0, 2, 1, 3)
+    U = (JAt @ xb.T).reshape(a * nA, qA, b * nB)
+    np.subtract(JAx[:, :, None], U, out=U)  # J_eᵀ δ
+    V = (JBt @ xa.T).reshape(b * nB, qB, a * nA)
+    V -= JBx[:, :, None]  # J_fᵀ δ
+    del JAt, JBt
+    if want_e:
+        # cov(∇_A, E_B)[i, j] = Σ_{e∈Ai, f∈Bj} g₁ J_eᵀδ;  cov(E_A, ∇_B)[i, j] = −Σ g₁ J_fᵀδ
+        out[:, o:, :, 0] = (U * g1[:, None, :]).reshape(a, nA, qA, b, nB).sum(axis=(1, 4))
+        out[:, 0, :, o:] = -(V * g1.T[:, None, :]).reshape(b, nB, qB, a, nA).sum(axis=(1, 4)).transpose(2, 0, 1)
+    # c₁ part, row molecule by row molecule (the temporary stays in cache): Σ_{f∈Bj} S_fᵀ J_f with
+    # S_f = Σ_{e∈Ai} c₁(e, f) J_e, a (b nB, d qA) GEMM, then one batched product over the b molecules
+    FF = np.empty((a, qA, b, qB))
+    JAf = JA.reshape(a, nA, d * qA)
+    JBf = JB.reshape(b, nB * d, qB)
+    for i in range(a):
+        S = (c1[i * nA : (i + 1) * nA].T @ JAf[i]).reshape(b, nB * d, qA)
+        FF[i] = np.matmul(S.transpose(0, 2, 1), JBf).transpose(1, 0, 2)
+    # c₂ part: Σ_{e,f} c₂ (J_eᵀδ)(J_fᵀδ)ᵀ, one batched product over the (i, j) pairs
+    U *= c2[:, None, :]
+    Uc = U.reshape(a, nA, qA, b, nB).transpose(0, 3, 2, 1, 4).reshape(a, b, qA, nA * nB)
+    Vc = V.reshape(b, nB, qB, a, nA).transpose(3, 0, 4, 1, 2).reshape(a, b, nA * nB, qB)
+    FF += np.matmul(Uc, Vc).transpose(0, 2, 1, 3)
+    out[:, o:, :, o:] = FF
     return out
 
 
@@ -305,7 +366,8 @@ def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarra
     n = int(rows[-1])
     K = np.zeros((n, n))
     groups = _groups(env)
-    d = env.X.shape[1]
+    comp = env.compressed()
+    d = max([b.rank for b in comp.bases.values()] + [1])
     tasks = []  # (row chunk, column group, column chunk size, same group)
     for gi, GA in enumerate(groups):
         nA = int(env.env_offsets[GA[0] + 1] - env.env_offsets[GA[0]])
@@ -313,20 +375,20 @@ def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarra
         for gj, GB in enumerate(groups[: gi + 1] if lower_only else groups):
             nB = int(env.env_offsets[GB[0] + 1] - env.env_offsets[GB[0]])
             qB = env.J[GB[0]].shape[2] if targets != "energy" else 1
-            # the largest temporaries are (a, b nB, d qA) and (a nA, b nB, q): keep them within budget
-            per_pair = max(nB * d * qA, nA * nB * max(qA, qB), 1)
+            # the largest temporaries are (a nA qA, b nB) twice and, per row molecule, (b nB, d qA)
+            per_pair = max(2 * nA * nB * max(qA, qB), nB * d * qA // 8, 1)
             side = max(1, int(np.sqrt(BLOCK_ELEMENTS / per_pair)))
             tasks += [(ca, GB, side, lower_only and gi == gj) for ca in _chunks(GA, side)]
 
     def run(task):
         ca, GB, side, same = task
-        A = _stack(env, ca)
         for cb in _chunks(GB, side):
             if same and cb[0] > ca[-1]:
                 break
-            blk = gram_block(kernel, A, _stack(env, cb), targets)
             r0, r1 = int(rows[ca[0]]), int(rows[ca[-1] + 1])
             s0, s1 = int(rows[cb[0]]), int(rows[cb[-1] + 1])
+            shape = (len(ca), (r1 - r0) // len(ca), len(cb), (s1 - s0) // len(cb))
+            blk = gram_block_elements(kernel, comp, ca, cb, shape, targets)
             K[r0:r1, s0:s1] = blk.reshape(r1 - r0, s1 - s0)
 
     # many small batched products: one BLAS thread per block, the blocks spread over the cores

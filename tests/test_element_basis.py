@@ -1,0 +1,79 @@
+"""Per-element exact coordinates (molkrr.element_basis) and the Gram matrix built from them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from molkrr import derivative_krr as dk
+from molkrr.element_basis import fit_element_basis
+from molkrr.kernels import Gaussian, Matern
+from molkrr.molecules import Molecules
+from molkrr.representations.fchl19 import FCHL19
+
+
+def low_rank_rows(n, d, r, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, r)) @ rng.standard_normal((r, d)) + rng.standard_normal(d)
+
+
+def test_basis_spans_features_and_blocks_exactly():
+    X = low_rank_rows(200, 40, 7, 0)
+    X[:, 30:] = 0.0  # structurally zero features stay zero in the basis
+    extra = low_rank_rows(50, 40, 3, 1)
+    extra[:, 30:] = 0.0
+    b = fit_element_basis(X, lambda: iter([extra[:20], extra[20:]]))
+    assert b.rank == 7 + 3 + 1  # the extra rows have an offset of their own: one more direction
+    np.testing.assert_allclose(b.basis.T @ b.basis, np.eye(b.rank), atol=1e-12)
+    assert not np.any(b.basis[30:])
+    P = b.coordinates(X)
+    np.testing.assert_allclose(b.residuals(X, P), 0.0, atol=1e-11)
+    np.testing.assert_allclose(b.project_rows(extra) @ b.basis.T, extra, atol=1e-11)
+    # a query outside the span: distances from coordinates plus the residual norm
+    q = np.random.default_rng(2).standard_normal((3, 40))
+    pq = b.coordinates(q)
+    rho = b.residuals(q, pq)
+    d2 = ((pq[:, None, :] - P[None]) ** 2).sum(-1) + (rho**2).sum(-1)[:, None]
+    np.testing.assert_allclose(d2, ((q[:, None, :] - X[None]) ** 2).sum(-1), rtol=1e-12)
+
+
+def test_basis_of_one_point_and_of_nothing():
+    b = fit_element_basis(np.ones((1, 5)))
+    assert b.rank == 0
+    np.testing.assert_array_equal(b.coordinates(np.ones((2, 5))), np.zeros((2, 0)))
+
+
+def _frames(seed=0, n=7):
+    rng = np.random.default_rng(seed)
+    base = np.array([[0, 0, 0], [1.5, 0, 0], [-0.5, 1.3, 0.1], [1.9, 1.0, -0.3], [0.4, -1.0, 0.9], [-1.0, -0.6, -0.4]])
+    numbers = [np.array([6, 8, 1, 1, 1, 1])] * (n - 2) + [np.array([6, 6, 1, 1, 1, 1])] * 2
+    positions = [base + 0.08 * rng.standard_normal(base.shape) for _ in numbers]
+    return Molecules.from_list(numbers, positions)
+
+
+def _raw_gram(kernel, env, targets):
+    """The Gram matrix from the raw features and Jacobians, molecule pair by molecule pair (no basis)."""
+    rows = dk.row_layout(env, targets)
+    K = np.zeros((rows[-1], rows[-1]))
+    for i in range(len(env)):
+        for j in range(len(env)):
+            si, sj = env.env_slice(i), env.env_slice(j)
+            A = (env.X[si][None], env.labels[si][None], None if env.J is None else env.J[i][None])
+            B = (env.X[sj][None], env.labels[sj][None], None if env.J is None else env.J[j][None])
+            blk = dk.gram_block(kernel, A, B, targets)
+            K[rows[i] : rows[i + 1], rows[j] : rows[j + 1]] = blk.reshape(rows[i + 1] - rows[i], -1)
+    return K
+
+
+def test_gram_matrix_in_element_coordinates_equals_the_raw_features():
+    mols = _frames()
+    rep = FCHL19(elements=[1, 6, 8], form="atomic").fit(mols)
+    env = dk.environments(rep, mols, jacobians=True)
+    comp = env.compressed()
+    assert set(comp.bases) == {1, 6, 8}
+    assert all(b.rank < env.X.shape[1] for b in comp.bases.values())
+    for kernel in (Gaussian(1.3), Matern(2.5, 2.0)):
+        for targets in ("energy", "forces", "energy+forces"):
+            rows = dk.row_layout(env, targets)
+            K = dk.gram_matrix(kernel, env, targets, rows, lower_only=False)
+            ref = _raw_gram(kernel, env, targets)
+            np.testing.assert_allclose(K, ref, rtol=0, atol=1e-11 * np.abs(ref).max())
