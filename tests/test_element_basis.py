@@ -77,3 +77,26 @@ def test_gram_matrix_in_element_coordinates_equals_the_raw_features():
             K = dk.gram_matrix(kernel, env, targets, rows, lower_only=False)
             ref = _raw_gram(kernel, env, targets)
             np.testing.assert_allclose(K, ref, rtol=0, atol=1e-11 * np.abs(ref).max())
+
+
+def test_prediction_in_element_coordinates_equals_the_raw_features():
+    """Energies and ∂E/∂x of a fitted model, including queries far outside the training span."""
+    mols = _frames(n=8)
+    rep = FCHL19(elements=[1, 6, 8], form="atomic").fit(mols)
+    env = dk.environments(rep, mols, jacobians=True)
+    rng = np.random.default_rng(5)
+    grads = [rng.standard_normal((6, 3)) for _ in range(len(mols))]
+    energies = rng.standard_normal(len(mols))
+    queries = dk.environments(rep, _frames(seed=9, n=4))
+    Xq = queries.X + np.where(queries.X != 0, 0.05, 0.0) * rng.standard_normal(queries.X.shape)
+    Xq[:, -3:] += 0.2  # features no training environment has: a residual outside every span
+    for kernel in (Gaussian(1.7), Matern(1.5, 2.5)):
+        for targets in ("energy", "forces", "energy+forces"):
+            model = dk.DerivativeKRR(kernel, None, 1e-3, 1e-3, targets).fit(env, energies, grads)  # α moderate: round-off × |α| stays small
+            e, G = model._evaluate_stationary(kernel, Xq, queries.labels, gradient=True)
+            e0, G0 = model._evaluate_raw(kernel, Xq, queries.labels, gradient=True)
+            np.testing.assert_allclose(e, e0, rtol=1e-10, atol=1e-12 * np.abs(e0).max())
+            np.testing.assert_allclose(G, G0, rtol=1e-9, atol=1e-11 * np.abs(G0).max())
+            e1, none = model._evaluate_stationary(kernel, Xq, queries.labels, gradient=False)
+            assert none is None
+            np.testing.assert_allclose(e1, e, rtol=1e-13, atol=1e-15)

@@ -73,6 +73,9 @@ TARGETS = ("energy", "forces", "energy+forces")
 BLOCK_ELEMENTS = 16_000_000
 #: Queries with at most this many environments are evaluated with single-threaded BLAS.
 SMALL_QUERY_ROWS = 64
+#: ... unless the model holds more than this many training-environment coordinates (one frame against
+#: a large model is two long GEMMs, faster on all cores).
+SMALL_MODEL_ELEMENTS = 1_000_000
 #: Threads that build Gram blocks concurrently (each with single-threaded BLAS).
 _N_WORKERS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
 #: Relative singular value below which a rigid-motion vector is dependent (linear molecules).
@@ -493,6 +496,7 @@ class DerivativeKRR(BaseEstimator):
         self.alpha_ = alpha
         self.W_ = W
         self.wdot_ = np.einsum("ij,ij->i", env.X, W)
+        self._prediction_cache = None
 
     # -------------------------------------------------------------------------------- prediction
     def predict_env(self, env: Environments) -> np.ndarray:
@@ -507,13 +511,48 @@ class DerivativeKRR(BaseEstimator):
     def _evaluate(self, Xq: np.ndarray, labq: np.ndarray, gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Per query environment: its energy contribution (n_q,) and optionally ∂/∂x_e (n_q, d)."""
         check_is_fitted(self)
-        if Xq.shape[0] <= SMALL_QUERY_ROWS:  # one frame: thin products, fastest on one BLAS thread
+        if Xq.shape[0] <= SMALL_QUERY_ROWS and self._training_elements() <= SMALL_MODEL_ELEMENTS:
+            # one frame against a small model: thin products, fastest on one BLAS thread
             with single_threaded_blas():
                 return self._evaluate_blocks(Xq, labq, gradient)
         return self._evaluate_blocks(Xq, labq, gradient)
 
+    def _training_elements(self) -> int:
+        """Coordinates a query reads: Σ over elements of rows × rank (X_.size before the first prediction)."""
+        cache = getattr(self, "_prediction_cache", None)
+        if cache is None:
+            return int(self.X_.size)
+        return sum(int(m.rows.size) for m in cache[1].values())
+
+    def _element_models(self) -> dict[int, "_ElementModel"]:
+        """Per element, the training environments in exact coordinates of span{x_f − μ, w_f} (built once)."""
+        key = (id(self.X_), id(self.W_), id(self.alpha_), id(self.labels_))
+        cache = getattr(self, "_prediction_cache", None)
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        models = {}
+        has_f = bool(np.any(self.W_))
+        for z in np.unique(self.labels_).tolist():
+            ti = np.flatnonzero(self.labels_ == z)
+            Xz, Wz = self.X_[ti], self.W_[ti]
+            basis = fit_element_basis(Xz, (lambda Wz=Wz: iter([Wz])) if has_f else None)
+            P = basis.coordinates(Xz)
+            rows = np.concatenate([P, basis.project_rows(Wz)]) if has_f else P
+            models[z] = _ElementModel(basis, np.ascontiguousarray(rows), np.einsum("ij,ij->i", P, P),
+                                      self.alpha_[ti].copy(),
+                                      np.einsum("ij,ij->i", P, rows[len(ti):]) if has_f else None)
+        self._prediction_cache = (key, models)
+        return models
+
     def _evaluate_blocks(self, Xq: np.ndarray, labq: np.ndarray, gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         kernel = self.kernel_
+        if isinstance(kernel, StationaryKernel):
+            return self._evaluate_stationary(kernel, Xq, labq, gradient)
+        return self._evaluate_raw(kernel, Xq, labq, gradient)
+
+    def _evaluate_raw(self, kernel: Kernel, Xq: np.ndarray, labq: np.ndarray,
+                      gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`_evaluate` from the stored features (any kernel): one pair_coefficients per element."""
         has_f = bool(np.any(self.W_))
         e = np.zeros(Xq.shape[0])
         G = np.zeros_like(Xq) if gradient else None
@@ -539,6 +578,62 @@ class DerivativeKRR(BaseEstimator):
                     Gz += coef[2] @ Wz
                 G[qi] = Gz
         return e, G
+
+
+    def _evaluate_stationary(self, kernel: StationaryKernel, Xq: np.ndarray, labq: np.ndarray,
+                             gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`_evaluate` for a kernel of u = ‖x − x_f‖²/σ², element by element in exact coordinates:
+        p = Bᵀ(x − μ) and the residual ρ = (x − μ) − Bp give ‖x − x_f‖² = ‖p − p_f‖² + ‖ρ‖² and
+        δ·w_f = (p − p_f)·ω_f (w_f = Bω_f); the gradient is B(∂E/∂p) + ρ Σ_f P_f. Two GEMMs per element."""
+        s2 = kernel.checked_sigma() ** 2
+        e = np.zeros(Xq.shape[0])
+        G = np.zeros_like(Xq) if gradient else None
+        models = self._element_models()
+        for z in np.unique(labq).tolist():
+            mz = models.get(z)
+            if mz is None:
+                continue
+            qi = np.flatnonzero(labq == z)
+            nT = mz.alpha.shape[0]
+            has_f = mz.pw is not None
+            pq = mz.basis.coordinates(Xq[qi])
+            rho = mz.basis.residuals(Xq[qi], pq)
+            Y = pq @ mz.rows.T  # [p·p_f | p·ω_f]  (n_q, nT or 2 nT)
+            u = Y[:, :nT] * -2.0
+            u += np.einsum("ij,ij->i", pq, pq)[:, None] + np.einsum("ij,ij->i", rho, rho)[:, None]
+            u += mz.pp[None, :]
+            np.maximum(u, 0.0, out=u)
+            u *= 1.0 / s2
+            order = 2 if (gradient and has_f) else (1 if (gradient or has_f) else 0)
+            prof = kernel.profile(u, order)
+            e[qi] = prof[0] @ mz.alpha
+            if has_f:
+                g1 = prof[1] * (2.0 / s2)
+                dw = Y[:, nT:] - mz.pw[None, :]  # δ·w_f
+                e[qi] -= np.einsum("ij,ij->i", g1, dw)
+            if gradient:
+                P = prof[1] * ((2.0 / s2) * mz.alpha[None, :])  # α_f g₁
+                if has_f:
+                    P += prof[2] * (-4.0 / s2**2) * dw  # c₂ (δ·w)
+                    coef = np.concatenate([-P, prof[1] * (-2.0 / s2)], axis=1)  # [−P | c₁]
+                else:
+                    coef = -P
+                sP = P.sum(axis=1)
+                Gp = coef @ mz.rows + pq * sP[:, None]  # ∂E/∂p = Σ_f P_f (p − p_f) + c₁ ω_f
+                G[qi] = Gp @ mz.basis.basis.T + rho * sP[:, None]
+        return e, G
+
+
+@dataclass
+class _ElementModel:
+    """One element's training environments for prediction: basis, rows [P; Ω] ((1 or 2) n_T, r),
+    pp = ‖p_f‖², alpha (n_T,), pw = p_f·ω_f (or None without gradient weights)."""
+
+    basis: ElementBasis
+    rows: np.ndarray
+    pp: np.ndarray
+    alpha: np.ndarray
+    pw: np.ndarray | None
 
 
 _CONTROLLER = None
