@@ -24,10 +24,11 @@ def test_basis_spans_features_and_blocks_exactly():
     b = fit_element_basis(X, lambda: iter([extra[:20], extra[20:]]))
     assert b.rank == 7 + 3 + 1  # the extra rows have an offset of their own: one more direction
     np.testing.assert_allclose(b.basis.T @ b.basis, np.eye(b.rank), atol=1e-12)
-    assert not np.any(b.basis[30:])
+    assert not np.any(b.full_basis[30:]) and set(b.active) == set(range(30))
     P = b.coordinates(X)
     np.testing.assert_allclose(b.residuals(X, P), 0.0, atol=1e-11)
-    np.testing.assert_allclose(b.project_rows(extra) @ b.basis.T, extra, atol=1e-11)
+    np.testing.assert_allclose(b.lift(b.project_rows(extra)), extra, atol=1e-11)
+    np.testing.assert_allclose(b.project_columns(extra.T[None]), (extra @ b.full_basis).T[None], atol=1e-12)
     # a query outside the span: distances from coordinates plus the residual norm
     q = np.random.default_rng(2).standard_normal((3, 40))
     pq = b.coordinates(q)

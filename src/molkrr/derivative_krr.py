@@ -532,17 +532,20 @@ class DerivativeKRR(BaseEstimator):
             return cache[1]
         models = {}
         has_f = bool(np.any(self.W_))
-        for z in np.unique(self.labels_).tolist():
-            ti = np.flatnonzero(self.labels_ == z)
-            Xz, Wz = self.X_[ti], self.W_[ti]
-            basis = fit_element_basis(Xz, (lambda Wz=Wz: iter([Wz])) if has_f else None)
-            P = basis.coordinates(Xz)
-            rows = np.concatenate([P, basis.project_rows(Wz)]) if has_f else P
-            models[z] = _ElementModel(basis, np.ascontiguousarray(rows), np.einsum("ij,ij->i", P, P),
-                                      self.alpha_[ti].copy(),
-                                      np.einsum("ij,ij->i", P, rows[len(ti):]) if has_f else None)
+        with single_threaded_blas():  # the same bits whichever call builds it (a loaded model predicts as the original)
+            for z in np.unique(self.labels_).tolist():
+                models[z] = self._element_model(z, has_f)
         self._prediction_cache = (key, models)
         return models
+
+    def _element_model(self, z: int, has_f: bool) -> "_ElementModel":
+        ti = np.flatnonzero(self.labels_ == z)
+        Xz, Wz = self.X_[ti], self.W_[ti]
+        basis = fit_element_basis(Xz, (lambda: iter([Wz])) if has_f else None)
+        P = basis.coordinates(Xz)
+        rows = np.concatenate([P, basis.project_rows(Wz)]) if has_f else P
+        return _ElementModel(basis, np.ascontiguousarray(rows), np.einsum("ij,ij->i", P, P), self.alpha_[ti].copy(),
+                             np.einsum("ij,ij->i", P, rows[len(ti):]) if has_f else None)
 
     def _evaluate_blocks(self, Xq: np.ndarray, labq: np.ndarray, gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         kernel = self.kernel_
@@ -620,7 +623,9 @@ class DerivativeKRR(BaseEstimator):
                     coef = -P
                 sP = P.sum(axis=1)
                 Gp = coef @ mz.rows + pq * sP[:, None]  # ∂E/∂p = Σ_f P_f (p − p_f) + c₁ ω_f
-                G[qi] = Gp @ mz.basis.basis.T + rho * sP[:, None]
+                rho *= sP[:, None]
+                rho[:, mz.basis.active] += Gp @ mz.basis.basis.T
+                G[qi] = rho
         return e, G
 
 

@@ -31,31 +31,49 @@ _QR_ROWS = 16_384
 class ElementBasis:
     """Orthonormal coordinates of one element's environments.
 
-    mean : (d,) the mean training feature vector μ; basis : (d, r) orthonormal columns B.
+    mean : (d,) the mean training feature vector μ; active : (a,) the features that are not exactly
+    zero in every training row and Jacobian column (the others never enter B); basis : (a, r) the
+    orthonormal columns of B restricted to those features (B is zero elsewhere).
     """
 
     mean: np.ndarray
+    active: np.ndarray
     basis: np.ndarray
 
     @property
     def rank(self) -> int:
         return int(self.basis.shape[1])
 
+    @property
+    def full_basis(self) -> np.ndarray:
+        """B as a (d, r) array."""
+        B = np.zeros((self.mean.shape[0], self.rank))
+        B[self.active] = self.basis
+        return B
+
     def coordinates(self, X: np.ndarray) -> np.ndarray:
         """p = Bᵀ(x − μ) for the rows of X (n, d) → (n, r)."""
-        return (X - self.mean) @ self.basis
+        return (X[:, self.active] - self.mean[self.active]) @ self.basis
 
     def residuals(self, X: np.ndarray, P: np.ndarray) -> np.ndarray:
         """ρ = (x − μ) − B p (n, d): the part of each row outside the span (zero for training rows)."""
-        return (X - self.mean) - P @ self.basis.T
+        R = X - self.mean
+        R[:, self.active] -= P @ self.basis.T
+        return R
+
+    def lift(self, V: np.ndarray) -> np.ndarray:
+        """B v for the rows of V (n, r) → (n, d)."""
+        out = np.zeros((V.shape[0], self.mean.shape[0]))
+        out[:, self.active] = V @ self.basis.T
+        return out
 
     def project_columns(self, J: np.ndarray) -> np.ndarray:
         """C = BᵀJ for Jacobians J (..., d, q) → (..., r, q)."""
-        return np.einsum("dr,...dq->...rq", self.basis, J, optimize=True)
+        return np.einsum("ar,...aq->...rq", self.basis, J[..., self.active, :], optimize=True)
 
     def project_rows(self, W: np.ndarray) -> np.ndarray:
         """ω = Bᵀw for the rows of W (n, d) in the span → (n, r)."""
-        return W @ self.basis
+        return W[:, self.active] @ self.basis
 
 
 def fit_element_basis(X: np.ndarray, blocks: Callable[[], Iterable[np.ndarray]] | None = None,
@@ -83,7 +101,7 @@ def fit_element_basis(X: np.ndarray, blocks: Callable[[], Iterable[np.ndarray]] 
             active |= np.any(part != 0.0, axis=0)
     cols = np.flatnonzero(active)
     if cols.size == 0:
-        return ElementBasis(mean, np.zeros((d, 0)))
+        return ElementBasis(mean, cols, np.zeros((0, 0)))
     R = np.zeros((0, cols.size))
     pending: list[np.ndarray] = []
     n_pending = 0
@@ -103,11 +121,9 @@ def fit_element_basis(X: np.ndarray, blocks: Callable[[], Iterable[np.ndarray]] 
         R = flush(R)
     _, s, Vt = np.linalg.svd(R, full_matrices=False)
     if s.size == 0 or s[0] == 0.0:
-        return ElementBasis(mean, np.zeros((d, 0)))
+        return ElementBasis(mean, cols, np.zeros((cols.size, 0)))
     r = int(np.sum(s > rtol * s[0]))
-    basis = np.zeros((d, r))
-    basis[cols] = Vt[:r].T
-    return ElementBasis(mean, basis)
+    return ElementBasis(mean, cols, np.ascontiguousarray(Vt[:r].T))
 
 
 __all__ = ["RTOL", "ElementBasis", "fit_element_basis"]
