@@ -101,3 +101,24 @@ def test_prediction_in_element_coordinates_equals_the_raw_features():
             e1, none = model._evaluate_stationary(kernel, Xq, queries.labels, gradient=False)
             assert none is None
             np.testing.assert_allclose(e1, e, rtol=1e-13, atol=1e-15)
+
+
+def test_released_jacobians_give_the_same_gram_matrix_and_weights():
+    mols = _frames(n=6)
+    rep = FCHL19(elements=[1, 6, 8], form="atomic").fit(mols)
+    full = dk.environments(rep, mols, jacobians=True)
+    lean = dk.environments(rep, mols, jacobians=True)
+    lean.release_jacobians()
+    assert lean.J is None and lean.Q is not None
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal((6, 3)) for _ in range(len(mols))]
+    energies = rng.standard_normal(len(mols))
+    for targets in ("forces", "energy+forces"):
+        rows = dk.row_layout(full, targets)
+        np.testing.assert_array_equal(rows, dk.row_layout(lean, targets))
+        np.testing.assert_array_equal(dk.gram_matrix(Gaussian(1.5), full, targets, rows),
+                                      dk.gram_matrix(Gaussian(1.5), lean, targets, rows))
+        a = dk.DerivativeKRR(Gaussian(1.5), None, 1e-4, 1e-4, targets).fit(full, energies, grads)
+        b = dk.DerivativeKRR(Gaussian(1.5), None, 1e-4, 1e-4, targets).fit(lean, energies, grads)
+        np.testing.assert_allclose(b.W_, a.W_, rtol=0, atol=1e-11 * np.abs(a.W_).max())
+        np.testing.assert_allclose(b.predict_env(full), a.predict_env(full), rtol=1e-10)

@@ -101,7 +101,8 @@ class Environments:
 
     X : (n_env, d) features; labels : (n_env,) int; env_offsets : (n_mol + 1,) — environments of
     molecule m are rows env_offsets[m]:env_offsets[m+1]. J : per molecule, (n_env_m, d, q_m) =
-    ∂x/∂R · Q_m (or None when only values are needed); Q : per molecule the (3 n_atoms, q_m) basis.
+    ∂x/∂R · Q_m (or None when only values are needed, or once released: :meth:`release_jacobians`);
+    Q : per molecule the (3 n_atoms, q_m) basis (None when no derivatives were asked for).
     """
 
     X: np.ndarray
@@ -119,6 +120,13 @@ class Environments:
         if self._compressed is None:
             self._compressed = compress(self)
         return self._compressed
+
+    def release_jacobians(self) -> None:
+        """Keep only the per-element projected Jacobians (about r/d of the memory): Gram matrices and
+        fitted weights need nothing else. Q (the rigid-motion complements) stays."""
+        if self.J is not None:
+            self.compressed()
+            self.J = None
 
     def env_slice(self, m: int) -> slice:
         return slice(int(self.env_offsets[m]), int(self.env_offsets[m + 1]))
@@ -215,7 +223,7 @@ def row_layout(env: Environments, targets: str) -> np.ndarray:
     if targets != "forces":
         counts += 1
     if targets != "energy":
-        counts += np.array([J.shape[2] for J in env.J], dtype=np.int64)
+        counts += np.array([Q.shape[1] for Q in env.Q], dtype=np.int64)
     return np.concatenate([[0], np.cumsum(counts)])
 
 
@@ -244,7 +252,7 @@ def observations(env: Environments, energies: np.ndarray, gradients: list[np.nda
 
 def _groups(env: Environments) -> list[np.ndarray]:
     """Runs of consecutive molecules with equal labels (in order) and q (the batched products need equal shapes)."""
-    q = [J.shape[2] for J in env.J] if env.J is not None else [0] * len(env)
+    q = [Q.shape[1] for Q in env.Q] if env.Q is not None else [0] * len(env)
     keys = [(q[m], env.labels[env.env_slice(m)].tobytes()) for m in range(len(env))]
     cuts = [m for m in range(1, len(env)) if keys[m] != keys[m - 1]]
     return np.split(np.arange(len(env)), cuts)
@@ -374,10 +382,10 @@ def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarra
     tasks = []  # (row chunk, column group, column chunk size, same group)
     for gi, GA in enumerate(groups):
         nA = int(env.env_offsets[GA[0] + 1] - env.env_offsets[GA[0]])
-        qA = env.J[GA[0]].shape[2] if targets != "energy" else 1
+        qA = env.Q[GA[0]].shape[1] if targets != "energy" else 1
         for gj, GB in enumerate(groups[: gi + 1] if lower_only else groups):
             nB = int(env.env_offsets[GB[0] + 1] - env.env_offsets[GB[0]])
-            qB = env.J[GB[0]].shape[2] if targets != "energy" else 1
+            qB = env.Q[GB[0]].shape[1] if targets != "energy" else 1
             # the largest temporaries are (a nA qA, b nB) twice and, per row molecule, (b nB, d qA)
             per_pair = max(2 * nA * nB * max(qA, qB), nB * d * qA // 8, 1)
             side = max(1, int(np.sqrt(BLOCK_ELEMENTS / per_pair)))
@@ -455,7 +463,7 @@ class DerivativeKRR(BaseEstimator):
         if targets != "energy" and not kernel.twice_differentiable:
             raise NotDifferentiableError(
                 f"kernel {kernel.name!r} has no second derivatives: force training needs a Gaussian or Matern kernel")
-        if targets != "energy" and env.J is None:
+        if targets != "energy" and env.Q is None:
             raise ShapeMismatchError("force targets need the environments' Jacobians (environments(..., jacobians=True))")
         n_mol = len(env)
         if energies is None:
@@ -490,7 +498,15 @@ class DerivativeKRR(BaseEstimator):
                 r += 1
             if targets != "energy":
                 beta = coef[r : int(rows[m + 1])]
-                W[s] = env.J[m] @ beta  # (n_env_m, d)
+                if env.J is not None:
+                    W[s] = env.J[m] @ beta  # (n_env_m, d)
+                else:  # Jacobians released: w = B (C β), element by element
+                    comp = env.compressed()
+                    labels = env.labels[s]
+                    for z, basis in comp.bases.items():
+                        loc = np.flatnonzero(labels == z)
+                        if loc.size:
+                            W[s.start + loc] = basis.lift(comp.C[z][m] @ beta)
         self.X_ = env.X.copy()
         self.labels_ = env.labels.copy()
         self.alpha_ = alpha
@@ -673,6 +689,7 @@ def fit_molecules(rep: Any, mols: Molecules, *, kernel: "str | Kernel", sigma: f
             raise ShapeMismatchError(f"targets={targets!r} needs training forces: these molecules carry none")
         grads = [-f for f in mols.split_atoms(mols.forces)]
     env = environments(rep, mols, jacobians=targets != "energy")
+    env.release_jacobians()  # 1.1 GB → 0.3 GB for 1,000 ethanol frames, before the Gram matrix is built
     return DerivativeKRR(kernel, sigma, lam, lam_forces, targets, center).fit(env, y, grads, progress=progress)
 
 

@@ -98,6 +98,7 @@ def select_force_hyperparameters(
             raise ShapeMismatchError(f"targets={targets!r} needs training forces: these molecules carry none")
         grads = [-f for f in fit_mols.split_atoms(fit_mols.forces)]
     env = environments(rep, fit_mols, jacobians=targets != "energy")
+    env.release_jacobians()
     val_env = environments(rep, val_mols)
     if sigmas is None:
         if not base.has_length_scale:
