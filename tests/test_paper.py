@@ -32,8 +32,9 @@ def test_paper_hyperparameters_follow_the_documented_conversion():
                                rtol=1e-8)
 
 
-@pytest.mark.slow
-def test_paper_command_test_scale(tmp_path):
+def run_paper(tmp_path, scale):
+    """`molkrr paper --scale SCALE` into tmp_path/paper (skipped without QM9): (output folder, results.json),
+    after checking that every figure was written."""
     from molkrr.errors import DatasetError
     from molkrr.datasets import load_qm9
 
@@ -42,11 +43,16 @@ def test_paper_command_test_scale(tmp_path):
     except DatasetError as exc:
         pytest.skip(f"QM9 data unavailable: {exc}")
     out = tmp_path / "paper"
-    res = CliRunner().invoke(cli, ["paper", "--scale", "test", "--output", str(out), "--quiet"])
+    res = CliRunner().invoke(cli, ["paper", "--scale", scale, "--output", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     for f in FIGURES:
         assert (out / f).stat().st_size > 5000, f
-    r = json.loads((out / "results.json").read_text())
+    return out, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_paper_command_test_scale(tmp_path):
+    out, r = run_paper(tmp_path, "test")
     sc = SCALES["test"]
     c = r["energy"]["curves"]
     for space in ("krr", "mlkr", "mlkrr"):
@@ -79,19 +85,7 @@ def test_paper_command_test_scale(tmp_path):
 def test_paper_command_quick_scale(tmp_path):
     """`molkrr paper --scale quick` (the issue's minutes-long scale, about a minute on an idle 2-core machine):
     every figure, and numbers a chemist would accept at 1,000 training molecules."""
-    from molkrr.errors import DatasetError
-    from molkrr.datasets import load_qm9
-
-    try:
-        load_qm9(2)
-    except DatasetError as exc:
-        pytest.skip(f"QM9 data unavailable: {exc}")
-    out = tmp_path / "paper"
-    res = CliRunner().invoke(cli, ["paper", "--scale", "quick", "--output", str(out), "--quiet"])
-    assert res.exit_code == 0, res.output
-    for f in FIGURES:
-        assert (out / f).stat().st_size > 5000, f
-    r = json.loads((out / "results.json").read_text())
+    _, r = run_paper(tmp_path, "quick")
     s = r["summary"]
     assert s["N"] == 1000
     # QM9 FCHL19 KRR at 1,000 molecules: about 3 kcal/mol tuned, 4–5 with the paper's σ_p = 55

@@ -275,16 +275,25 @@ def _stack_element(comp: CompressedEnvironments, z: int, mols: np.ndarray) -> tu
     return P, np.zeros(P.shape[:2], dtype=np.int64), C
 
 
-def gram_block_elements(kernel: Kernel, comp: CompressedEnvironments, ca: np.ndarray, cb: np.ndarray,
-                        shape: tuple[int, int, int, int], targets: str) -> np.ndarray:
-    """Covariance block (a, r_A, b, r_B) between molecules ``ca`` and ``cb`` (each of one group), summed
-    element by element in exact per-element coordinates (no work on pairs of different elements)."""
-    out = np.zeros(shape)
+def stack_elements(comp: CompressedEnvironments, mols: np.ndarray) -> dict[int, tuple]:
+    """Per element, :func:`_stack_element` of molecules ``mols`` (elements they lack are left out)."""
+    out = {}
     for z in comp.bases:
-        A = _stack_element(comp, z, ca)
-        B = _stack_element(comp, z, cb) if A is not None else None
-        if B is not None:
-            out += gram_block(kernel, A, B, targets)
+        st = _stack_element(comp, z, mols)
+        if st is not None:
+            out[z] = st
+    return out
+
+
+def gram_block_elements(kernel: Kernel, A: dict[int, tuple], B: dict[int, tuple],
+                        shape: tuple[int, int, int, int], targets: str) -> np.ndarray:
+    """Covariance block (a, r_A, b, r_B) between two stacks of molecules (:func:`stack_elements`, each of
+    one group), summed element by element in exact per-element coordinates (no work on pairs of
+    different elements)."""
+    out = np.zeros(shape)
+    for z, Az in A.items():
+        if z in B:
+            out += gram_block(kernel, Az, B[z], targets)
     return out
 
 
@@ -393,13 +402,14 @@ def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarra
 
     def run(task):
         ca, GB, side, same = task
+        A = stack_elements(comp, ca)  # once per row chunk, reused against every column chunk
+        r0, r1 = int(rows[ca[0]]), int(rows[ca[-1] + 1])
         for cb in _chunks(GB, side):
             if same and cb[0] > ca[-1]:
                 break
-            r0, r1 = int(rows[ca[0]]), int(rows[ca[-1] + 1])
             s0, s1 = int(rows[cb[0]]), int(rows[cb[-1] + 1])
             shape = (len(ca), (r1 - r0) // len(ca), len(cb), (s1 - s0) // len(cb))
-            blk = gram_block_elements(kernel, comp, ca, cb, shape, targets)
+            blk = gram_block_elements(kernel, A, stack_elements(comp, cb), shape, targets)
             K[r0:r1, s0:s1] = blk.reshape(r1 - r0, s1 - s0)
 
     # many small batched products: one BLAS thread per block, the blocks spread over the cores
@@ -677,12 +687,8 @@ def _per_molecule(env: Environments, e: np.ndarray) -> np.ndarray:
     return np.bincount(mol, weights=e, minlength=len(env))
 
 
-def fit_molecules(rep: Any, mols: Molecules, *, kernel: "str | Kernel", sigma: float, lam: float, lam_forces: float,
-                  targets: str, center: bool = True, energies: np.ndarray | None = None,
-                  progress: bool = False) -> DerivativeKRR:
-    """A fitted :class:`DerivativeKRR` on molecules (energies and forces from ``mols`` unless given)."""
-    targets = check_targets(targets)
-    y = mols.energies if energies is None else energies
+def training_environments(rep: Any, mols: Molecules, targets: str) -> tuple[Environments, list[np.ndarray] | None]:
+    """(environments with released Jacobians when forces are trained, gradients ∇E = −F per molecule or None)."""
     grads = None
     if targets != "energy":
         if mols.forces is None:
@@ -690,6 +696,16 @@ def fit_molecules(rep: Any, mols: Molecules, *, kernel: "str | Kernel", sigma: f
         grads = [-f for f in mols.split_atoms(mols.forces)]
     env = environments(rep, mols, jacobians=targets != "energy")
     env.release_jacobians()  # 1.1 GB → 0.3 GB for 1,000 ethanol frames, before the Gram matrix is built
+    return env, grads
+
+
+def fit_molecules(rep: Any, mols: Molecules, *, kernel: "str | Kernel", sigma: float, lam: float, lam_forces: float,
+                  targets: str, center: bool = True, energies: np.ndarray | None = None,
+                  progress: bool = False) -> DerivativeKRR:
+    """A fitted :class:`DerivativeKRR` on molecules (energies and forces from ``mols`` unless given)."""
+    targets = check_targets(targets)
+    y = mols.energies if energies is None else energies
+    env, grads = training_environments(rep, mols, targets)
     return DerivativeKRR(kernel, sigma, lam, lam_forces, targets, center).fit(env, y, grads, progress=progress)
 
 
@@ -707,4 +723,4 @@ def predict_energies(rep: Any, model: DerivativeKRR, mols: Molecules) -> np.ndar
 
 
 __all__ = ["TARGETS", "DerivativeKRR", "Environments", "environments", "fit_molecules", "gram_block", "gram_matrix",
-           "is_local", "predict_energies", "predict_energies_and_forces", "rigid_complement"]
+           "is_local", "predict_energies", "predict_energies_and_forces", "rigid_complement", "training_environments"]

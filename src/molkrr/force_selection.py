@@ -25,6 +25,7 @@ from .derivative_krr import (
     gram_matrix,
     observations,
     row_layout,
+    training_environments,
 )
 from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
 from .kernels import make_kernel
@@ -92,13 +93,7 @@ def select_force_hyperparameters(
     val_idx = np.arange(n_fit, n)
     fit_mols, val_mols = mols.subset(fit_idx), mols.subset(val_idx)
     e_fit, e_val = energies[fit_idx], energies[val_idx]
-    grads = None
-    if targets != "energy":
-        if mols.forces is None:
-            raise ShapeMismatchError(f"targets={targets!r} needs training forces: these molecules carry none")
-        grads = [-f for f in fit_mols.split_atoms(fit_mols.forces)]
-    env = environments(rep, fit_mols, jacobians=targets != "energy")
-    env.release_jacobians()
+    env, grads = training_environments(rep, fit_mols, targets)
     val_env = environments(rep, val_mols)
     if sigmas is None:
         if not base.has_length_scale:
