@@ -383,6 +383,13 @@ def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarra
     lower_only : fill only the blocks on or below the diagonal (what the Cholesky factor reads); the
         upper triangle of off-diagonal blocks stays zero.
     """
+    if targets == "energy":  # one row per molecule: element-blocked GEMMs and segment sums
+        from .local_gram import local_kernel_matrix
+
+        K = local_kernel_matrix(kernel, env)
+        if diagonal is not None:
+            np.einsum("ii->i", K)[:] += diagonal
+        return K
     n = int(rows[-1])
     K = np.zeros((n, n))
     groups = _groups(env)
@@ -541,7 +548,21 @@ class DerivativeKRR(BaseEstimator):
             # one frame against a small model: thin products, fastest on one BLAS thread
             with single_threaded_blas():
                 return self._evaluate_blocks(Xq, labq, gradient)
-        return self._evaluate_blocks(Xq, labq, gradient)
+        if Xq.shape[0] <= SMALL_QUERY_ROWS or (
+                isinstance(self.kernel_, StationaryKernel) and not self._has_gradient_weights()):
+            return self._evaluate_blocks(Xq, labq, gradient)  # (the energy-weight path blocks its queries itself)
+        # many queries: blocks of query rows bound the (rows, n_train) temporaries
+        step = max(SMALL_QUERY_ROWS, BLOCK_ELEMENTS // (2 * max(1, int(np.bincount(self.labels_).max()))))
+        if Xq.shape[0] <= step:
+            return self._evaluate_blocks(Xq, labq, gradient)
+        e = np.empty(Xq.shape[0])
+        G = np.empty_like(Xq) if gradient else None
+        for s in range(0, Xq.shape[0], step):
+            t = min(s + step, Xq.shape[0])
+            e[s:t], g = self._evaluate_blocks(Xq[s:t], labq[s:t], gradient)
+            if gradient:
+                G[s:t] = g
+        return e, G
 
     def _training_elements(self) -> int:
         """Coordinates a query reads: Σ over elements of rows × rank (X_.size before the first prediction)."""
@@ -575,14 +596,77 @@ class DerivativeKRR(BaseEstimator):
 
     def _evaluate_blocks(self, Xq: np.ndarray, labq: np.ndarray, gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         kernel = self.kernel_
-        if isinstance(kernel, StationaryKernel):
+        if isinstance(kernel, StationaryKernel) and self._has_gradient_weights():
             return self._evaluate_stationary(kernel, Xq, labq, gradient)
+        if isinstance(kernel, StationaryKernel):
+            # energy-trained models: the features themselves (an element basis keeps ~3/4 of FCHL19's
+            # dimensions on QM9 and costs a QR per element: measured slower, docs/local-kernels.md)
+            return self._evaluate_energy_weights(kernel, Xq, labq, gradient)
         return self._evaluate_raw(kernel, Xq, labq, gradient)
+
+    def _energy_elements(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per element (training rows on their non-zero columns (n_T, d_z), those columns, ‖x_f‖², α_f), built once."""
+        key = (id(self.X_), id(self.alpha_), id(self.labels_))
+        cache = self.__dict__.get("_energy_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        out = {}
+        for z in np.unique(self.labels_).tolist():
+            Tz = self.X_[self.labels_ == z]
+            cols = np.flatnonzero(np.any(Tz != 0.0, axis=0))
+            out[z] = (np.ascontiguousarray(Tz[:, cols]), cols, np.einsum("ij,ij->i", Tz, Tz),
+                      self.alpha_[self.labels_ == z].copy())
+        self.__dict__["_energy_cache"] = (key, out)
+        return out
+
+    def _evaluate_energy_weights(self, kernel: StationaryKernel, Xq: np.ndarray, labq: np.ndarray,
+                                 gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`_evaluate` of a model without gradient weights (energy targets): per element,
+        ‖x − x_f‖² = ‖x‖² + ‖x_f‖² − 2 x·x_f over the columns where training rows are non-zero, E_e =
+        Σ_f α_f k and ∂E/∂x_e = Σ_f α_f g₁ (x_e − x_f)."""
+        s2 = kernel.checked_sigma() ** 2
+        e = np.zeros(Xq.shape[0])
+        G = np.zeros_like(Xq) if gradient else None
+        elements = self._energy_elements()
+        tasks = []  # (element, query rows): blocks of query rows bound the (rows, n_T) temporaries
+        for z, (Tz, _, _, _) in elements.items():
+            qi = np.flatnonzero(labq == z)
+            step = max(1, BLOCK_ELEMENTS // (4 * max(1, Tz.shape[0])))
+            tasks += [(z, qi[i : i + step]) for i in range(0, qi.size, step)]
+
+        def run(task):
+            z, qi = task
+            Tz, cols, tt, a = elements[z]
+            Xz = Xq[qi]
+            u = Xz[:, cols] @ Tz.T
+            u *= -2.0
+            u += np.einsum("ij,ij->i", Xz, Xz)[:, None]
+            u += tt[None, :]
+            np.maximum(u, 0.0, out=u)
+            u *= 1.0 / s2
+            prof = kernel.profile(u, 1 if gradient else 0)
+            e[qi] = prof[0] @ a
+            if gradient:
+                P = prof[1] * ((2.0 / s2) * a[None, :])  # α_f g₁
+                Gz = Xz * P.sum(axis=1)[:, None]
+                Gz[:, cols] -= P @ Tz
+                G[qi] = Gz
+
+        _run_parallel(run, tasks, small=Xq.shape[0] <= SMALL_QUERY_ROWS)
+        return e, G
+
+    def _has_gradient_weights(self) -> bool:
+        """Whether any W_ is non-zero (force targets), computed once per fitted W_."""
+        cached = self.__dict__.get("_has_w")
+        if cached is None or cached[0] is not self.W_:
+            cached = (self.W_, bool(np.any(self.W_)))
+            self.__dict__["_has_w"] = cached
+        return cached[1]
 
     def _evaluate_raw(self, kernel: Kernel, Xq: np.ndarray, labq: np.ndarray,
                       gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`_evaluate` from the stored features (any kernel): one pair_coefficients per element."""
-        has_f = bool(np.any(self.W_))
+        has_f = self._has_gradient_weights()
         e = np.zeros(Xq.shape[0])
         G = np.zeros_like(Xq) if gradient else None
         for z in np.unique(labq):
@@ -679,6 +763,19 @@ def single_threaded_blas():
 
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _run_parallel(run: Any, tasks: list, *, small: bool = False) -> None:
+    """run(task) for every task: spread over the cores with one BLAS thread each (the elementwise kernel
+    work runs in parallel too); in the calling thread when there is one task or ``small``."""
+    if small or _N_WORKERS == 1 or len(tasks) < 2:
+        for t in tasks:
+            run(t)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with single_threaded_blas(), ThreadPoolExecutor(_N_WORKERS) as pool:
+        list(pool.map(run, tasks))
 
 
 def _per_molecule(env: Environments, e: np.ndarray) -> np.ndarray:

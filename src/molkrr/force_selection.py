@@ -39,6 +39,10 @@ DEFAULT_SIGMA_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 #: At most this many frames are fitted per grid point, and at most ``MAX_VALIDATION`` scored.
 MAX_SELECTION_TRAIN = 100
 MAX_VALIDATION = 100
+#: Energy-only models (local kernel on QM9): molecules taking part in σ/λ selection, and the σ grid
+#: as multiples of the median environment distance (local FCHL19 on QM9: σ ≈ 4–8 × the median at 1,000 molecules).
+MAX_ENERGY_SELECTION = 2000
+DEFAULT_ENERGY_SIGMA_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 class GridEdgeWarning(UserWarning):
@@ -166,7 +170,14 @@ def fit_derivative_model(model: Any, mols: Molecules, y: np.ndarray, *, progress
     if targets == "forces":
         lam = 0.0 if lam is None else lam
     need = (kernel.has_length_scale and sigma is None) or lam is None or lam_f is None
-    if need:
+    if need and targets == "energy":  # energies only: one Gram per σ grid, one eigendecomposition per σ
+        sel = select_local_energy_hyperparameters(
+            model.representation_, mols, y, kernel=kernel, sigmas=None if sigma is None else [sigma],
+            lams=None if lam is None else [lam], center=model.center, progress=progress)
+        sigma, lam = sel.sigma, sel.lam
+        if progress:
+            print(f"selected sigma={sigma}, lam={lam:.3g} (validation MAE {sel.score:.4g})", file=sys.stderr)
+    elif need:
         sel = select_force_hyperparameters(
             model.representation_, mols, y, kernel=kernel, targets=targets,
             sigmas=None if sigma is None else [sigma],
@@ -185,6 +196,47 @@ def fit_derivative_model(model: Any, mols: Molecules, y: np.ndarray, *, progress
                                sigma=model.sigma_, lam=model.lam_, lam_forces=model.lam_forces_, targets=targets,
                                center=model.center, energies=y, progress=progress)
     return model
+
+
+def select_local_energy_hyperparameters(
+    rep: Any,
+    mols: Molecules,
+    energies: np.ndarray,
+    *,
+    kernel: Any = "gaussian",
+    sigmas: Any = None,
+    lams: Any = None,
+    center: bool = True,
+    validation_fraction: float = 0.2,
+    max_molecules: int = MAX_ENERGY_SELECTION,
+    progress: bool = False,
+) -> Any:
+    """σ and λ of an energy-trained model on environments (local kernel), by validation MAE.
+
+    At most ``max_molecules`` molecules, evenly spaced, take part: the last ``validation_fraction`` of
+    them validate (a later block, as for MD frames; QM9 draws are in random order). The kernel
+    matrices of all σ come from one pass of distance GEMMs (:func:`molkrr.local_gram.local_kernel_matrices`)
+    and :func:`molkrr.krr.select_hyperparameters` scores every λ from one eigendecomposition per σ.
+    sigmas : default :data:`DEFAULT_ENERGY_SIGMA_FACTORS` × the median same-element environment distance;
+    lams : default :data:`molkrr.krr.DEFAULT_LAMS`. Returns a :class:`molkrr.krr.SelectionResult`.
+    """
+    from .krr import DEFAULT_LAMS, select_hyperparameters
+    from .local_gram import local_kernel_matrices
+
+    n = len(mols)
+    if n < 3:
+        raise ShapeMismatchError(f"selecting hyperparameters needs at least 3 training molecules, got {n}")
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_molecules)).round().astype(int))
+    env = environments(rep, mols.subset(idx))
+    base = make_kernel(kernel)
+    if sigmas is None and base.has_length_scale:
+        sigmas = [f * _median_distance(env) for f in DEFAULT_ENERGY_SIGMA_FACTORS]
+    n_val = min(len(idx) - 1, max(1, int(round(validation_fraction * len(idx)))))
+    return select_hyperparameters(
+        None, np.asarray(energies, dtype=np.float64)[idx], kernel=base, sigmas=sigmas,
+        lams=DEFAULT_LAMS if lams is None else lams, center=center, progress=progress,
+        validation_rows=np.arange(len(idx) - n_val, len(idx)),
+        gram=lambda kernels: local_kernel_matrices(kernels, env))
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -230,5 +282,6 @@ def _warn_on_edges(table, sigma, lam_e, lam_f, targets) -> None:
         edge([t[2] for t in table if t[0] == sigma], lam_f, "lam_forces")
 
 
-__all__ = ["DEFAULT_RELATIVE_LAMS", "DEFAULT_SIGMA_FACTORS", "ForceSelection", "GridEdgeWarning",
-           "fit_derivative_model", "select_force_hyperparameters"]
+__all__ = ["DEFAULT_ENERGY_SIGMA_FACTORS", "DEFAULT_RELATIVE_LAMS", "DEFAULT_SIGMA_FACTORS", "ForceSelection",
+           "GridEdgeWarning", "MAX_ENERGY_SELECTION", "fit_derivative_model", "select_force_hyperparameters",
+           "select_local_energy_hyperparameters"]

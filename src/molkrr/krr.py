@@ -256,6 +256,7 @@ def select_hyperparameters(
     random_state: int = 0,
     progress: bool = False,
     validation_rows: Any = None,
+    gram: Callable[[list[Kernel]], Any] | None = None,
 ) -> SelectionResult:
     """Choose (σ, λ) by mean absolute error on a validation split (``cv=None``) or by k-fold CV.
 
@@ -264,20 +265,29 @@ def select_hyperparameters(
     length scale (``Linear``) have only λ selected (``sigma`` of the result is then None).
     validation_rows : indices of the rows that form the validation set (the others train); replaces
     the random split and ``cv``, for a given train/validation split.
+    gram : the hook for samples that are not feature rows (e.g. molecules under the local kernel,
+        :func:`molkrr.local_gram.local_kernel_matrices`): ``gram(kernels)`` returns the (n, n) kernel
+        matrix of the n samples for each kernel (one per σ); X is then unused (may be None) and
+        ``sigmas`` must be given for kernels with a length scale.
     Returns a :class:`SelectionResult`.
     """
-    X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
-    if X.ndim != 2 or X.shape[0] != y.shape[0]:
-        raise ShapeMismatchError(f"X of shape {X.shape} and y of shape {y.shape} do not match")
     base_kernel = make_kernel(kernel)
-    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+    if gram is None:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] != y.shape[0]:
+            raise ShapeMismatchError(f"X of shape {X.shape} and y of shape {y.shape} do not match")
+        if not np.isfinite(X).all():
+            raise InvalidInputError("X and y must not contain NaN or infinity")
+    elif sigmas is None and base_kernel.has_length_scale:
+        raise InvalidInputError("select_hyperparameters with a gram hook needs sigmas")
+    if not np.isfinite(y).all():
         raise InvalidInputError("X and y must not contain NaN or infinity")
-    if X.shape[0] < 2:
-        raise InvalidInputError(f"need at least 2 samples to select hyperparameters, got {X.shape[0]}")
+    if y.shape[0] < 2:
+        raise InvalidInputError(f"need at least 2 samples to select hyperparameters, got {y.shape[0]}")
     if cv is None and not 0 < validation_fraction < 1:
         raise InvalidInputError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
-    n = X.shape[0]
+    n = y.shape[0]
     rng = np.random.default_rng(random_state)
     perm = rng.permutation(n)
     if validation_rows is not None:
@@ -313,11 +323,7 @@ def select_hyperparameters(
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="selecting sigma, lambda", unit="sigma")
-    D = base_kernel.distances(X, X)  # σ-free, computed once
-    K = np.empty_like(D)
-    for i, k in steps:
-        K[...] = D
-        K = k.from_distances(K)
+    for (i, k), K in zip(steps, _kernel_matrices(base_kernel, kernels, X, gram)):
         for val in folds:
             train = np.setdiff1d(perm, val, assume_unique=True)
             y_tr = y[train]
@@ -328,7 +334,20 @@ def select_hyperparameters(
             for j, lam in enumerate(lams):
                 pred = KvQ @ (qy / np.maximum(w + lam, np.finfo(float).tiny)) + mean
                 scores[i, j] += np.mean(np.abs(pred - y[val])) / len(folds)
+        del K
     scores[~np.isfinite(scores)] = np.inf
     i, j = np.unravel_index(np.argmin(scores), scores.shape)
     best_sigma = float(sigmas[i]) if base_kernel.has_length_scale else None
     return SelectionResult(best_sigma, float(lams[j]), float(scores[i, j]), sigmas, lams, scores)
+
+
+def _kernel_matrices(base: Kernel, kernels: list[Kernel], X: Any, gram: Any):
+    """The (n, n) kernel matrix of each kernel in turn: from the hook, or from σ-free distances computed once."""
+    if gram is not None:
+        yield from gram(kernels)
+        return
+    D = base.distances(X, X)
+    K = np.empty_like(D)
+    for k in kernels:
+        K[...] = D
+        yield k.from_distances(K)

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import check_model_params, check_targets
 from .applicability import check_elements, training_elements
+from .baseline import baseline_energies, check_baseline, fit_element_energies, resolve_baseline
 from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
 from .kernels import Kernel, make_kernel
 from .krr import DEFAULT_LAMS, KernelRidge, select_hyperparameters
@@ -67,13 +68,20 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         Matérn kernel); 'forces' fixes the energy offset from the training energies (as GDML does).
         A representation with one row per atom (``FCHL19(form='atomic')``, CLI name 'fchl19-local')
         selects the local kernel Σ_{i∈A} Σ_{j∈B, Z_i=Z_j} k(x_i, x_j), for any targets.
+    baseline : {'auto', 'elements', 'mean', None}
+        Prior mean of the energies, subtracted before the KRR and added back in predictions
+        (:mod:`molkrr.baseline`): 'elements' fits one energy per element by least squares (the
+        dressed-atom baseline local kernels need across compositions), 'mean' and None leave the
+        energies to ``center``; 'auto' is 'elements' for local representations, 'mean' otherwise.
+        No coordinate dependence: forces are unchanged.
     lam_forces : float or None
         Ridge on the force rows ([E]²/Å²) when forces are trained; None selects it (with σ and λ)
         by validation force MAE (:func:`molkrr.force_selection.select_force_hyperparameters`).
 
     Fitted attributes: ``representation_``, ``metric_`` (or None), ``krr_`` (a KernelRidge, or a
     :class:`~molkrr.derivative_krr.DerivativeKRR` for force targets and local kernels), ``sigma_``,
-    ``lam_`` and, for force targets, ``lam_forces_``; ``elements_`` (atomic numbers of the training
+    ``lam_`` and, for force targets, ``lam_forces_``; ``baseline_`` ('elements' or 'mean'),
+    ``baseline_elements_`` and ``baseline_energies_`` (per-element energies, empty for 'mean'); ``elements_`` (atomic numbers of the training
     set: prediction refuses others, see :mod:`molkrr.applicability`).
     """
 
@@ -93,6 +101,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         device: str | None = None,
         targets: str = "energy",
         lam_forces: float | None = None,
+        baseline: str | None = "auto",
     ) -> None:
         self.representation = representation
         self.kernel = kernel
@@ -108,11 +117,13 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.device = device
         self.targets = targets
         self.lam_forces = lam_forces
+        self.baseline = baseline
 
     # ------------------------------------------------------------------ fitting
     def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
         """Fit on molecules (Molecules or ase.Atoms list) and energies y (default: the molecules' energies)."""
         check_model_params(self)  # molkrr._validation: the one parameter-check helper
+        check_baseline(self.baseline)
         mols = as_molecules(molecules)
         y = _energies(mols, y)
         if self.representation is None:
@@ -122,8 +133,17 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         else:
             rep = clone(self.representation)
         self.representation_ = rep.fit(mols)
+        # --- the energy baseline (molkrr.baseline): the KRR fits what it leaves
+        from .derivative_krr import is_local
+
+        self.baseline_ = resolve_baseline(self.baseline, is_local(rep))
+        if self.baseline_ == "elements":
+            self.baseline_elements_, self.baseline_energies_ = fit_element_energies(mols, y)
+            y = y - baseline_energies(mols, self.baseline_elements_, self.baseline_energies_)
+        else:
+            self.baseline_elements_, self.baseline_energies_ = np.zeros(0, dtype=np.int64), np.zeros(0)
         # --- force targets and local kernels: KRR with derivative observations (molkrr.derivative_krr)
-        from .derivative_krr import check_targets as check_target_kind, is_local
+        from .derivative_krr import check_targets as check_target_kind
 
         if check_target_kind(self.targets) != "energy" or is_local(rep):
             from .force_selection import fit_derivative_model
@@ -186,12 +206,21 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     def predict(self, molecules: Any) -> np.ndarray:
         """Energies, shape (n_molecules,), in ``energy_unit``."""
         check_is_fitted(self)
+        mols = as_molecules(molecules)
         if not isinstance(self.krr_, KernelRidge):  # derivative-observation / local-kernel model
             from .derivative_krr import predict_energies
 
-            return predict_energies(self.representation_, self.krr_, as_molecules(molecules))
-        Z = self.features(molecules)
-        return self.krr_.predict(Z)
+            check_elements(self, mols)  # molkrr.applicability: refuse elements not seen in training
+            return predict_energies(self.representation_, self.krr_, mols) + self._baseline(mols)
+        Z = self.features(mols)
+        return self.krr_.predict(Z) + self._baseline(mols)
+
+    def _baseline(self, mols: Molecules) -> np.ndarray | float:
+        """The fitted baseline energies of ``mols`` (n_molecules,), or 0 (molkrr.baseline)."""
+        elements = getattr(self, "baseline_elements_", None)
+        if elements is None or len(elements) == 0:
+            return 0.0
+        return baseline_energies(mols, elements, self.baseline_energies_)
 
     def predict_forces(self, molecules: Any) -> list[np.ndarray]:
         """Forces −∂E/∂R: one (n_atoms_i, 3) array per molecule, in energy_unit / Å."""
@@ -210,13 +239,14 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         if not isinstance(krr, KernelRidge):  # derivative-observation / local-kernel model
             from .derivative_krr import predict_energies_and_forces
 
-            return predict_energies_and_forces(rep, krr, mols)
+            energies, forces = predict_energies_and_forces(rep, krr, mols)
+            return energies + self._baseline(mols), forces
         Z = metric.transform(rep.transform(mols))
         # features that cannot depend on positions (padding) need no kernel work, if the metric keeps them apart
         needed = metric.output_support(rep.feature_support(mols))
         energies, dE_dz = krr.predict_with_gradient(Z, n_active=needed)  # (n,), (n, n_components)
         forces = [-g for g in rep.vjp(mols, metric.vjp(dE_dz))]
-        return energies, forces
+        return energies + self._baseline(mols), forces
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:

@@ -50,6 +50,9 @@ FORMAT = "molkrr-model"
 #: 2: MolecularKRR records the elements it was trained on (``elements_``). Files of version 1 have no
 #: such record and are refused (retrain, or see :func:`molkrr.applicability.allow_elements`).
 FORMAT_VERSION = 2
+#: Parameters added after a format version's first files, with the value that reproduces how files
+#: without them were fitted (so those files keep loading and predicting as before).
+_ADDED_PARAMS: dict[str, dict[str, Any]] = {"MolecularKRR": {"baseline": "mean"}}
 HEADER_KEY = "__header__"
 
 #: Largest total (decompressed) size of the arrays in one model file, in bytes. A model of 130,000
@@ -383,13 +386,15 @@ class _Decoder:
         unknown = set(node["params"]) - allowed_params
         if unknown:
             raise ModelFileError(f"{where}: model file gives {name} unknown parameters {sorted(unknown)}")
-        missing = allowed_params - set(node["params"])
+        added_later = _ADDED_PARAMS.get(name, {})
+        missing = allowed_params - set(node["params"]) - set(added_later)
         if missing:
             raise ModelFileError(f"{where}: model file lacks {name} parameters {sorted(missing)}")
         for k in node["fitted"]:
             if not (isinstance(k, str) and k.endswith("_") and not k.startswith("_")):
                 raise ModelFileError(f"{where}: model file sets a non-fitted attribute {_show(k)} on {name}")
         params = {k: self.value(v, f"{where}.params.{k}", depth + 1) for k, v in node["params"].items()}
+        params = {**{k: v for k, v in added_later.items() if k not in params}, **params}
         fitted = {k: self.value(v, f"{where}.fitted.{k}", depth + 1) for k, v in node["fitted"].items()}
         fields = _Fields(where, name, params, fitted)
         _REGISTRY.get(name, (None, None, _check_generic))[2](fields)
@@ -813,6 +818,24 @@ def _check_derivative_krr(f: _Fields) -> None:
                 raise _fail(where, "contains NaN or infinity")
 
 
+def _check_baseline_fields(f: _Fields) -> None:
+    """baseline_, baseline_elements_, baseline_energies_ (molkrr.baseline); absent in older files (no baseline)."""
+    kind, where = f.f("baseline_", required=False)
+    if kind is _ABSENT:
+        return
+    kind = _choice(kind, where, ("elements", "mean"))
+    elements, where = f.f("baseline_elements_")
+    energies, e_where = f.f("baseline_energies_")
+    if kind == "mean":
+        elements = _int_array(elements, where, 1, 118)
+        if elements.size:
+            raise _fail(where, "must be empty for baseline 'mean'")
+    else:
+        elements = _elements(elements, where)
+    f.fitted["baseline_elements_"] = elements.astype(np.int64)
+    _float_array(energies, e_where, 1, shape=(elements.size,), max_abs=MAX_ABS_COEFFICIENT)
+
+
 def _check_molecular_krr(f: _Fields) -> None:
     _nested(*f.p("representation"), "representation", fitted=False, none=True)
     kernel = _kernel_param(*f.p("kernel"))
@@ -824,6 +847,8 @@ def _check_molecular_krr(f: _Fields) -> None:
     _boolean(*f.p("center"))
     unit, where = f.p("energy_unit")
     _text(unit, where, none=True, max_len=256)
+    if "baseline" in f.params:  # format 2 files written before the baseline existed have none
+        _choice(*f.p("baseline"), ("auto", "elements", "mean"), none=True)
     if not f.is_fitted:
         return
     rep, rep_where = f.f("representation_")
@@ -860,6 +885,7 @@ def _check_molecular_krr(f: _Fields) -> None:
     krr, krr_where = f.f("krr_")
     sigma = _sigma(*f.f("sigma_"), none=True)
     lam = _number(*f.f("lam_"), lo=0.0)
+    _check_baseline_fields(f)
     if derivative:
         if krr.X_.shape[1] != int(rep.n_features_):
             raise _fail(f"{krr_where}.fitted.X_", f"has {krr.X_.shape[1]} columns but the representation gives "
