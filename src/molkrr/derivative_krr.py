@@ -390,6 +390,13 @@ def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarra
         if diagonal is not None:
             np.einsum("ii->i", K)[:] += diagonal
         return K
+    return grouped_gram_matrix(kernel, env, targets, rows, diagonal, lower_only=lower_only)
+
+
+def grouped_gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarray,
+                        diagonal: np.ndarray | None = None, *, lower_only: bool = True) -> np.ndarray:
+    """:func:`gram_matrix` by batched products over runs of molecules with equal labels (the derivative
+    path; for energies alone it is the pre-local_gram path, kept for benchmarks/local_kernel.py)."""
     n = int(rows[-1])
     K = np.zeros((n, n))
     groups = _groups(env)
