@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import os
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..errors import DatasetError, InvalidInputError
 from ..molecules import Molecules
 
@@ -43,6 +45,12 @@ class MissingUnitError(InvalidInputError):
 #: Suffixes read as sGDML ``.npz``; anything else goes through ase's extended-XYZ reader.
 NPZ_SUFFIXES = (".npz",)
 _DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+#: Compressing writers on an open binary file; gzip records the name without ``.gz``, as ``gzip FILE`` would.
+_COMPRESS = {
+    ".gz": lambda fh, p: gzip.GzipFile(filename=p.name, mode="wb", fileobj=fh),
+    ".bz2": lambda fh, p: bz2.BZ2File(fh, mode="wb"),
+    ".xz": lambda fh, p: lzma.LZMAFile(fh, mode="wb"),
+}
 
 
 def file_energy_unit(path: str | os.PathLike) -> str | None:
@@ -158,7 +166,7 @@ def write_frames(
     Parameters
     ----------
     path : str or PathLike
-        Destination, overwritten (through a temporary file and a rename).
+        Destination, replaced atomically (:func:`molkrr._atomic.atomic_write`).
     molecules : Molecules, ase.Atoms or list of ase.Atoms
         Positions in Å; their own energies/forces are written unless given here.
     energy_unit : str or None
@@ -182,15 +190,19 @@ def write_frames(
         a.info.update(extra)
         a.info.update(units)
     p = Path(os.fspath(path))
-    tmp = p.with_name(p.name + ".tmp" + "".join(p.suffixes[-1:]))  # keeps a compression suffix
+    compress = _COMPRESS.get(p.suffix.lower())
+
+    def write(fh):
+        if compress is None:
+            ase.io.write(fh, images, format="extxyz", write_results=True)
+            return
+        with compress(fh, p) as raw, io.TextIOWrapper(raw, encoding="utf-8") as text:
+            ase.io.write(text, images, format="extxyz", write_results=True)
+
     try:
-        ase.io.write(tmp, images, format="extxyz", write_results=True)
-        os.replace(tmp, p)
+        atomic_write(p, write, mode="w" if compress is None else "wb")
     except OSError as exc:
         raise DatasetError(f"cannot write {p}: {' '.join(str(exc).split())[:200]}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def block_split(
