@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_write
-from ..errors import DatasetError, InvalidInputError
+from ..errors import DatasetError, InvalidInputError, SplitSizeError
 from ..molecules import Molecules
 
 __all__ = ["MissingUnitError", "block_split", "file_energy_unit", "read_frames", "write_frames"]
@@ -238,7 +238,8 @@ def block_split(
     Raises
     ------
     InvalidInputError
-        Bad fractions, an empty training or test block, or more frames asked from a block than it holds.
+        Bad fractions, an empty training or test block, or (:class:`~molkrr.errors.SplitSizeError`) more
+        frames asked from a block than it holds.
 
     Examples
     --------
@@ -271,8 +272,10 @@ def _evenly(start: int, stop: int, k: int | None, name: str) -> np.ndarray:
     size = stop - start
     if k is None:
         return np.arange(start, stop)
-    if k < 0 or k > size:
-        raise InvalidInputError(f"{k} {name} frames asked for, but the {name} block holds {size} (frames {start}..{stop - 1})")
+    if k < 0:
+        raise InvalidInputError(f"{k} {name} frames asked for: the count must be ≥ 0")
+    if k > size:
+        raise SplitSizeError(f"{k} {name} frames asked for, but the {name} block holds {size} (frames {start}..{stop - 1})")
     if k == 0:
         return np.zeros(0, dtype=np.int64)
     return np.round(np.linspace(start, stop - 1, k)).astype(np.int64)  # spacing ≥ 1: distinct indices
