@@ -35,6 +35,7 @@ import numpy as np
 from .._atomic import atomic_write
 from ..errors import DatasetError, InvalidInputError, SplitSizeError
 from ..molecules import Molecules
+from ..units import ev_per_unit
 
 __all__ = ["MissingUnitError", "block_split", "file_energy_unit", "read_frames", "write_frames"]
 
@@ -314,8 +315,6 @@ def _first_frame_info(p: Path) -> dict:
 
 
 def _conversion(from_unit: str, to_unit: str, p: Path) -> float:
-    from ..calculator import ev_per_unit
-
     try:
         return ev_per_unit(from_unit) / ev_per_unit(to_unit)
     except InvalidInputError as exc:
