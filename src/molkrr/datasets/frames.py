@@ -8,7 +8,7 @@ Files
   energy_unit/Å (``forces_unit=``, if present, is checked).
 
 Positions are always Å. Energies come back in the unit asked for (``unit=``): converted from the
-file's unit when it states one (through :func:`molkrr.calculator.ev_per_unit`), taken as that unit
+file's unit when it states one (through :func:`molkrr.units.ev_per_unit`), taken as that unit
 when it does not. A file with energies but neither a recorded unit nor ``unit=`` is refused: a silent
 guess (kcal/mol? eV? Hartree?) would make every force and every MAE wrong by a constant factor.
 
