@@ -3,6 +3,10 @@
     nice -n 10 python benchmarks/force_training.py TRAJ.extxyz --n-train 200 [--targets energy+forces]
         [--representation fchl19-local] [--sigma S --lam L --lam-forces LF]
 
+From a clean clone, on the shipped trajectory (1,500 frames; ``molkrr md`` or ``scripts/make_md_data.py`` make others)::
+
+    python benchmarks/force_training.py src/molkrr/datasets/data/ethanol_xtb_500K.extxyz.gz --n-train 200
+
 Block split (MD frames are correlated): training frames evenly spaced over the first ``--pool`` frames
 (default 2,000), test frames the last ``--n-test`` (default 500). Hyperparameters not given are selected
 on a held-out later block of the training frames (:mod:`molkrr.force_selection`), never on test frames.

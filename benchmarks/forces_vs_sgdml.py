@@ -1,10 +1,15 @@
 """molkrr against sGDML on the same MD frames: energy MAE, force MAE, training time, peak memory, prediction time.
 
-    python benchmarks/forces_vs_sgdml.py --data /work/md-data/ethanol_xtb_500K_3000.npz \\
-        /work/md-data/malonaldehyde_xtb_500K_3000.npz --n-train 200 1000 --sgdml-python /path/to/venv/bin/python
+From a clean clone (``pip install -e '.[md]'``; sGDML in its own environment, below)::
 
-Data: sGDML ``.npz`` trajectories with energies and forces (made by ``molkrr md ... -o FILE.npz`` or
-``scripts/make_md_data.py benchmark``), frames in time order. Split (:func:`molkrr.datasets.block_split`):
+    python benchmarks/forces_vs_sgdml.py --n-train 200 1000 --sgdml-python V/bin/python
+    python benchmarks/forces_vs_sgdml.py --n-train 200 --models molkrr --data FILE.npz [FILE.npz ...]
+
+Data: sGDML ``.npz`` trajectories with energies and forces, frames in time order: ``--data FILE ...``, or by
+default the two 3,000-frame GFN2-xTB trajectories of ``scripts/make_md_data.py benchmark`` (ethanol and
+malonaldehyde) in ``--data-dir`` (default ``molkrr-md-data`` in the system temp dir); missing ones are made
+there first by that script (tblite, about 10 min per molecule on one core). ``molkrr md MOLECULE -o FILE.npz``
+makes others. Split (:func:`molkrr.datasets.block_split`):
 training frames evenly spaced in the first 2/3 of the trajectory, ``--n-valid`` validation frames from the
 block after it, ``--n-test`` test frames from the last block; both models see exactly the same frames, and
 hyperparameters are chosen on the validation frames only (never on test frames).
@@ -42,7 +47,27 @@ from pathlib import Path
 import numpy as np
 
 RESULT = "RESULT "
-DEFAULT_DATA = ["/work/md-data/ethanol_xtb_500K_3000.npz", "/work/md-data/malonaldehyde_xtb_500K_3000.npz"]
+ROOT = Path(__file__).resolve().parents[1]
+#: Where scripts/make_md_data.py puts the benchmark's trajectories by default (its BENCHMARK_DIR).
+DEFAULT_DATA_DIR = Path(tempfile.gettempdir()) / "molkrr-md-data"
+DEFAULT_MOLECULES = ("ethanol", "malonaldehyde")
+
+
+def default_data(data_dir: Path) -> list[Path]:
+    """The benchmark's two trajectories in ``data_dir``, made there by scripts/make_md_data.py when missing."""
+    paths = [data_dir / f"{name}_xtb_500K_3000.npz" for name in DEFAULT_MOLECULES]
+    missing = [name for name, p in zip(DEFAULT_MOLECULES, paths) if not p.is_file()]
+    if missing:
+        print(f"making {', '.join(missing)} in {data_dir} with scripts/make_md_data.py (GFN2-xTB through tblite, "
+              "about 10 min per molecule) ...", flush=True)
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.setdefault("OMP_NUM_THREADS", "1")  # the files then match bit for bit (docs/md-data.md)
+        cmd = [sys.executable, str(ROOT / "scripts" / "make_md_data.py"), "benchmark", "--out", str(data_dir),
+               "--molecules", *missing]
+        if subprocess.run(cmd, env=env).returncode != 0:
+            raise SystemExit("could not make the benchmark's trajectories (needs tblite: pip install 'molkrr[md]'); "
+                             "or pass --data FILE.npz ...")
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -176,7 +201,7 @@ def run_worker(kind, python, file, split_path, args, sgdml_sigmas) -> dict:
            "--representation", args.representation, "--targets", args.targets, "--sgdml-sigmas", sgdml_sigmas,
            "--threads", str(args.threads)]
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(ROOT / "src")
     if kind == "molkrr":
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -189,7 +214,10 @@ def run_worker(kind, python, file, split_path, args, sgdml_sigmas) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", nargs="+", default=DEFAULT_DATA, help="sGDML .npz trajectories (eV, eV/Å), frames in time order.")
+    p.add_argument("--data", nargs="+", type=Path,
+                   help="sGDML .npz trajectories (eV, eV/Å), frames in time order (default: the two in --data-dir).")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help=f"Folder of the default trajectories, made there when missing (default {DEFAULT_DATA_DIR}).")
     p.add_argument("--n-train", type=int, nargs="+", default=[200, 1000])
     p.add_argument("--n-valid", type=int, default=200)
     p.add_argument("--n-test", type=int, default=500)
@@ -214,16 +242,17 @@ def main() -> None:
         print(RESULT + json.dumps(result))
         return
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    sys.path.insert(0, str(ROOT / "src"))
     from molkrr.datasets import block_split, read_sgdml_units
 
+    data = args.data or default_data(args.data_dir)
     rows = []
     print(f"molkrr ({args.representation}, targets={args.targets}) vs sGDML; {args.threads} threads; "
           f"N_valid={args.n_valid}, N_test={args.n_test}; block split (train: first 2/3 of the frames)")
     header = f"{'data':<28} {'N':>5} {'model':<7} {'E MAE':>8} {'F MAE':>9} {'train':>8} {'fit':>8} {'peak':>8} {'pred/frame':>11} {'1 frame':>8}  hyperparameters"
     print(header + "\n" + " " * 28 + f" {'':>5} {'':<7} {'meV':>8} {'meV/Å':>9} {'s':>8} {'s':>8} {'MB':>8} {'ms (batch)':>11} {'ms':>8}")
     with tempfile.TemporaryDirectory() as tmp:
-        for file in args.data:
+        for file in data:
             with np.load(file, allow_pickle=False) as d:
                 n_frames = d["R"].shape[0]
             e_unit = read_sgdml_units(file)[0]

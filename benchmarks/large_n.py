@@ -13,8 +13,11 @@ Printed beside each measurement, the cost model:
           (the m-vector out, the m-vector back), independent of n
 and the ratios (exact/falkon time and memory at the same n, dask/single time at the same n).
 
-Features: FCHL19-global of all of QM9, computed once (a few minutes) and cached as .npy in --cache
-(default /work/cache or $MOLKRR_BENCH_CACHE), outside the repository.
+Features: FCHL19-global of all of QM9 (offline, from qm9pack), computed on the first run (a few minutes)
+and cached as .npy (about 0.75 GB) in --cache: default $MOLKRR_BENCH_CACHE, else ``molkrr-bench`` in the
+system temp dir (:func:`tempfile.gettempdir`). benchmarks/large_n_tune.py reads the same cache.
+
+From a clean clone (``pip install -e '.[qm9,dask]'``)::
 
     python benchmarks/large_n.py                                   # n = 10k, 20k, 50k, 110,831
     python benchmarks/large_n.py --n 20000 --exact-max 20000 --m 8000 --dask-n 0
@@ -28,12 +31,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 N_QM9 = 130_831
 N_TEST = 10_000
 N_VALIDATION = 10_000
 N_TRAIN_MAX = N_QM9 - N_TEST - N_VALIDATION  # 110,831
+#: Folder of the cached features: $MOLKRR_BENCH_CACHE, else molkrr-bench in the system temp dir.
+DEFAULT_CACHE = os.environ.get("MOLKRR_BENCH_CACHE") or os.path.join(tempfile.gettempdir(), "molkrr-bench")
 
 CHILD = r"""
 import json, os, resource, sys, time, warnings
@@ -150,7 +156,8 @@ def main() -> None:
     p.add_argument("--dask-n", type=int, nargs="*", default=[50_000], help="n at which to compare Dask (2 workers)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--progress", action="store_true", help="show the CG progress bar (residual) of every point")
-    p.add_argument("--cache", default=os.environ.get("MOLKRR_BENCH_CACHE", "/work/cache"))
+    p.add_argument("--cache", default=DEFAULT_CACHE,
+                   help=f"Folder of the cached QM9 features, made on the first run (default {DEFAULT_CACHE}).")
     args = p.parse_args()
     if any(n > N_TRAIN_MAX or n < 2 for n in args.n):
         p.error(f"n must lie in [2, {N_TRAIN_MAX}]")

@@ -150,3 +150,112 @@ def test_learn_metric_mlkr_baseline(runner, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = runner.invoke(cli, [*args, "--checkpoint", str(tmp_path / "c.npz")])
     assert out.exit_code != 0 and "--checkpoint is for MLKRR" in out.output
+
+
+# ---------------------------------------------------------------------------------------- splits that ask for too much
+def _small_frames(n, seed=0):
+    """n labelled frames (eV, eV/Å), water (3 atoms) and methane (5 atoms) alternating: a larger molecule in a
+    held-out set is what used to surface as an unrelated representation-size error."""
+    from ase.build import molecule
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        a = molecule("H2O" if i % 2 == 0 else "CH4")
+        a.positions += 0.02 * rng.standard_normal(a.positions.shape)
+        frames.append(a)
+    mols = molkrr.Molecules.from_ase(frames)
+    return mols.with_labels(rng.standard_normal(n), rng.standard_normal((len(mols.numbers), 3)))
+
+
+@pytest.fixture(scope="module")
+def split_files(tmp_path_factory):
+    from molkrr.datasets import write_frames, write_sgdml_npz
+
+    d = tmp_path_factory.mktemp("splits")
+    mols = _small_frames(20)
+    write_frames(d / "f20.extxyz", mols, energy_unit="eV")
+    write_frames(d / "v6.extxyz", _small_frames(6, seed=1), energy_unit="eV")
+    water = mols[np.arange(0, 20, 2)]  # sGDML files hold one molecule
+    write_sgdml_npz(d / "w10.npz", molkrr.Molecules.concatenate([water, water]), energy_unit="eV")
+    return d
+
+
+def _one_error_line(out):
+    assert out.exit_code == 1, out.output
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), out.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # --xyz (random split): the request and the file's count, before any representation sees the data
+        (["--xyz", "f20.extxyz", "--n-train", "15", "--n-test", "10"],
+         "asked for 15 training + 10 test frames but {d}/f20.extxyz holds 20 frames"),
+        (["--xyz", "f20.extxyz", "--n-test", "19"], "asked for 19 test frames and at least 2 for training but"),
+        (["--xyz", "f20.extxyz", "--n-valid", "30", "--n-test", "10"],
+         "asked for 30 validation + 10 test frames and at least 2 for training but {d}/f20.extxyz holds 20 frames"),
+        (["--data", "w10.npz", "--split", "random", "--n-train", "12", "--n-valid", "5", "--n-test", "5"],
+         "asked for 12 training + 5 validation + 5 test frames but {d}/w10.npz holds 20 frames"),
+        # --data (block split): each block's size
+        (["--data", "w10.npz", "--n-train", "50"], "asked for 50 training frames but the training block holds 13 (frames 0..12)"),
+        (["--data", "w10.npz", "--n-valid", "10"],
+         "asked for 10 validation frames but the validation block holds 2 (frames 13..14)"),
+        (["--data", "w10.npz", "--n-test", "9"], "asked for 9 test frames but the test block holds 7 (frames 13..19)"),
+        # explicit files
+        (["--train", "f20.extxyz", "--valid", "v6.extxyz", "--n-valid", "7"], "asked for 7 validation frames but {d}/v6.extxyz holds 6 frames"),
+        (["--train", "f20.extxyz", "--n-train", "21"], "asked for 21 training frames but {d}/f20.extxyz holds 20 frames"),
+        # QM9: refused before anything is loaded
+        (["--dataset", "qm9", "--n-train", "130000", "--n-test", "1000"],
+         "asked for 130000 training + 1000 test molecules but QM9 holds 130831 molecules"),
+    ],
+)
+def test_train_split_larger_than_the_data_names_request_and_count(runner, split_files, args, message):
+    d = split_files
+    args = [str(d / a) if a.endswith((".extxyz", ".npz")) else a for a in args]
+    out = runner.invoke(cli, ["train", *args, "--sigma", "1", "-o", str(d / "m.npz"), "-q"])
+    line = _one_error_line(out)
+    assert message.format(d=d) in line, line
+    assert not (d / "m.npz").exists()
+
+
+def test_split_errors_are_typed():
+    from molkrr.cli import _check_split
+    from molkrr.datasets import block_split
+    from molkrr.errors import InvalidInputError, MolkrrError, SplitSizeError
+
+    assert issubclass(SplitSizeError, InvalidInputError) and issubclass(SplitSizeError, MolkrrError)
+    with pytest.raises(SplitSizeError, match="asked for 500 training \\+ 100 test molecules but the file holds 320 molecules"):
+        _check_split("the file", 320, 500, 0, 100)
+    _check_split("the file", 320, 220, 0, 100)  # exactly enough
+    with pytest.raises(SplitSizeError, match="the test block holds 7"):
+        block_split(20, None, 0, 8)  # no validation block: test = frames 13..19
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--xyz", "f20.extxyz", "--n-train", "10", "--n-val", "5", "--n-test", "6"],
+         "asked for 10 training + 5 validation + 6 test frames but {d}/f20.extxyz holds 20 frames"),
+        (["--dataset", "qm9", "--n-train", "130000", "--n-val", "500", "--n-test", "1000"],
+         "asked for 130000 training + 500 validation + 1000 test molecules but QM9 holds 130831 molecules"),
+    ],
+)
+def test_learn_metric_split_larger_than_the_data_names_request_and_count(runner, split_files, args, message):
+    d = split_files
+    args = [str(d / a) if a.endswith(".extxyz") else a for a in args]
+    out = runner.invoke(cli, ["learn-metric", *args, "-o", str(d / "m.npz"), "--plot", str(d / "t.png"), "-q"])
+    line = _one_error_line(out)
+    assert message.format(d=d) in line, line
+    assert not (d / "m.npz").exists()
+
+
+def test_learn_metric_xyz_split_that_fits_runs(runner, split_files, tmp_path):
+    d = split_files
+    out = runner.invoke(cli, ["learn-metric", "--xyz", str(d / "f20.extxyz"), "--n-train", "10", "--n-val", "4",
+                              "--n-test", "6", "--representation", "cm-sorted", "--max-iter", "2", "--validation-every", "1",
+                              "--unit", "eV", "-o", str(tmp_path / "m.npz"), "--plot", str(tmp_path / "t.png"), "-q"])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "m.npz").exists()

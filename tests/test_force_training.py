@@ -155,8 +155,8 @@ def test_forces_only_model_fixes_the_offset_from_energies(toy_data):
     m2 = MolecularKRR(small_fchl(), kernel=Gaussian(3.0), lam_forces=1e-8, targets="forces").fit(shifted)
     test = toy_data[25:]
     np.testing.assert_allclose(m2.predict(test) - m1.predict(test), 1000.0, rtol=1e-10)
-    np.testing.assert_allclose(np.concatenate(m2.predict_forces(test)), np.concatenate(m1.predict_forces(test)),
-                               atol=1e-9)
+    F1 = np.concatenate(m1.predict_forces(test))  # the shift's round-off is relative to the largest force
+    np.testing.assert_allclose(np.concatenate(m2.predict_forces(test)), F1, rtol=0, atol=1e-9 * np.abs(F1).max())
 
 
 def test_learning_from_forces_beats_learning_from_energies(toy_data):
@@ -218,7 +218,8 @@ def test_pair_coefficients_equal_the_kernel_layer(kernel):
     mask = la[:, None] == lb[None, :]
     ref_c1, ref_c2 = kernel.second_derivative_coefficients(A, B)
     for got, ref in [(k, kernel(A, B)), (g1, kernel.gradient_coefficients(A, B)), (c1, ref_c1), (c2, ref_c2)]:
-        np.testing.assert_allclose(got, np.where(mask, ref, 0.0), rtol=1e-12, atol=1e-15)
+        # c₁, c₂ cross zero: entries there carry the round-off of O(1) neighbours (distances by another route)
+        np.testing.assert_allclose(got, np.where(mask, ref, 0.0), rtol=0, atol=1e-12 * np.abs(ref).max())
 
 
 def test_force_trained_model_drives_ase_md_and_optimisation(toy_data, tmp_path):

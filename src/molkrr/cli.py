@@ -17,7 +17,7 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from .errors import InvalidInputError, MolkrrError
+from .errors import MolkrrError, SplitSizeError
 from .kernels import KERNELS
 from .representations import REPRESENTATIONS, representation_names
 
@@ -65,33 +65,44 @@ def _progress(iterable, desc: str, quiet: bool, **kw):
     return tqdm(iterable, desc=desc, disable=quiet, file=sys.stderr, dynamic_ncols=True, **kw)
 
 
-def _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, seed, quiet):
+def _check_split(source, available, n_train, n_valid, n_test, what="molecules"):
+    """SplitSizeError naming the request and the count when a random split asks for more than ``source`` holds.
+
+    ``n_train`` None means "the rest", which must leave at least 2 molecules for training.
+    """
+    n_valid, n_test = n_valid or 0, n_test or 0
+    if (n_train or 2) + n_valid + n_test <= available:
+        return
+    parts = [f"{n} {name}" for n, name in ((n_train, "training"), (n_valid, "validation"), (n_test, "test")) if n]
+    asked = " + ".join(parts) + f" {what}" + ("" if n_train else " and at least 2 for training")
+    raise SplitSizeError(f"asked for {asked} but {source} holds {available} {what}")
+
+
+def _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, seed, quiet, n_valid=0):
+    """(train, held-out or None, unit): held-out = ``n_valid`` + ``n_test`` molecules, validation first."""
     from .datasets import load_qm9, read_xyz
+    from .datasets.qm9 import N_MOLECULES
 
     if (dataset is None) == (xyz is None):
         raise click.UsageError("give exactly one of --dataset qm9 or --xyz FILE")
+    n_held = (n_valid or 0) + (n_test or 0)
     if xyz is not None:
         mols = read_xyz(xyz, energy_key=energy_key, require_energies=True)
-        n_test = n_test or 0
-        if n_test + max(n_train or 0, 2) > len(mols):
-            want = f"{n_train} for training" if n_train else "at least 2 for training"
-            raise InvalidInputError(
-                f"{xyz} has {len(mols)} frames: not enough for {want} and {n_test} held out; "
-                "ask for fewer (--n-train, --n-test/--n-val)"
-            )
+        _check_split(xyz, len(mols), n_train, n_valid, n_test, "frames")
         rng = np.random.default_rng(seed)
         perm = rng.permutation(len(mols))
-        test, train = perm[:n_test], perm[n_test:]
+        test, train = perm[:n_held], perm[n_held:]
         if n_train:
             train = train[:n_train]
-        return mols[train], (mols[test] if n_test else None), unit
+        return mols[train], (mols[test] if n_held else None), unit
     if n_train is None:
         raise click.UsageError("--n-train is required with --dataset qm9")
+    _check_split("QM9", N_MOLECULES, n_train, n_valid, n_test)
     unit = unit or "kcal/mol"
     if not quiet:
-        click.echo(f"loading QM9 ({n_train + (n_test or 0)} molecules, seed {seed}) ...", err=True)
-    mols = load_qm9(n_train + (n_test or 0), seed=seed, property=prop, unit=unit)
-    return mols[:n_train], (mols[n_train:] if n_test else None), unit
+        click.echo(f"loading QM9 ({n_train + n_held} molecules, seed {seed}) ...", err=True)
+    mols = load_qm9(n_train + n_held, seed=seed, property=prop, unit=unit)
+    return mols[:n_train], (mols[n_train:] if n_held else None), unit
 
 
 def _make_model(representation, kernel, sigma, lam, unit, metric=None, qm9=False, targets="energy", **solver):
@@ -232,27 +243,33 @@ def _load_frame_sets(path, train_file, valid_file, test_file, split, n_train, n_
         train_set, unit = _read_frames_for_cli(train_file, unit, energy_key)  # fixes the unit for the others
         valid_set, test_set = (None if f is None else _read_frames_for_cli(f, unit, energy_key)[0] for f in (valid_file, test_file))
 
-        def evenly(mols, k):  # k frames evenly spaced through the file (all when k is None or 0)
+        def evenly(mols, k, name, path):  # k frames evenly spaced through the file (all when k is None or 0)
             if mols is not None and k and k > len(mols):
-                raise click.ClickException(f"asked for {k} frames but the file holds {len(mols)}")
+                raise SplitSizeError(f"asked for {k} {name} frames but {path} holds {len(mols)} frames")
             return mols if mols is None or not k or k >= len(mols) else mols[np.round(np.linspace(0, len(mols) - 1, k)).astype(int)]
 
-        return evenly(train_set, n_train), evenly(valid_set, n_valid), evenly(test_set, n_test), unit
+        return (evenly(train_set, n_train, "training", train_file), evenly(valid_set, n_valid, "validation", valid_file),
+                evenly(test_set, n_test, "test", test_file), unit)
     mols, unit = _read_frames_for_cli(path, unit, energy_key)
     if len(mols) < 2:
         raise click.ClickException(f"{path} holds {len(mols)} frames; training needs at least 2")
     if split == "block":
         if n_valid is None:  # the whole validation block when sigma or lambda is to be selected, else none
             n_valid = None if need_valid else 0
+        blocks = block_split(len(mols), None, 0 if n_valid == 0 else None, None)  # the whole blocks
+        over = [f"{k} {name} frames but the {name} block holds {len(b)} (frames {b[0]}..{b[-1]})"
+                for k, name, b in zip((n_train, n_valid, n_test), ("training", "validation", "test"), blocks)
+                if k and k > len(b)]
+        if over:
+            raise SplitSizeError(f"{path} holds {len(mols)} frames, split in blocks (--split block): asked for "
+                                 f"{'; '.join(over)}; ask for fewer or use --split random")
         train, valid, test = block_split(len(mols), n_train, n_valid, n_test)
         return mols[train], (mols[valid] if len(valid) else None), (mols[test] if len(test) else None), unit
+    _check_split(path, len(mols), n_train, n_valid, n_test, "frames")
+    n_valid, n_test = n_valid or 0, n_test or 0
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(mols))
-    n_test = min(n_test or 0, len(mols) - 1)
-    n_valid = min(n_valid or 0, len(mols) - 1 - n_test)
     test, valid, train = perm[:n_test], perm[n_test : n_test + n_valid], perm[n_test + n_valid :]
-    if n_train and n_train > len(train):
-        raise click.ClickException(f"--n-train {n_train}: only {len(train)} frames are left after the held-out ones")
     if n_train:
         train = train[:n_train]
     return mols[train], (mols[valid] if n_valid else None), (mols[test] if n_test else None), unit
@@ -623,11 +640,9 @@ def learn_metric(dataset, xyz, energy_key, n_train, n_val, n_test, prop, unit, r
     if method == "mlkr" and kernel != "gaussian":
         raise click.UsageError("MLKR (the baseline) uses the Gaussian kernel only")
     t_start = time.perf_counter()
-    train_set, rest, unit = _load_training_data(dataset, xyz, n_train, n_val + n_test, prop, unit, energy_key, seed, quiet)
-    if rest is None or len(rest) < 2:
-        raise click.ClickException("not enough molecules left for validation and test sets")
-    n_val = min(n_val, len(rest) - 1)
-    val_set, test_set = rest[:n_val], rest[n_val:]
+    train_set, rest, unit = _load_training_data(dataset, xyz, n_train, n_test, prop, unit, energy_key, seed, quiet,
+                                                n_valid=n_val)
+    val_set, test_set = rest[:n_val], rest[n_val:]  # n_val, n_test ≥ 1 and checked against the data
     base = _make_model(representation, kernel, None, None, unit, qm9=dataset == "qm9")
     rep = base.representation.fit(train_set)
     X, Xv, Xt = (rep.transform(m) for m in (train_set, val_set, test_set))

@@ -68,6 +68,10 @@ class InvalidInputError(MolkrrError, ValueError):
     """An input array or parameter is unusable: NaN or infinity, non-numeric, too few samples, out of range."""
 
 
+class SplitSizeError(InvalidInputError):
+    """A split asks for more molecules (frames) than the data, or one of its blocks, holds."""
+
+
 class InputTypeError(MolkrrError, TypeError):
     """An argument is of a type molkrr cannot use (e.g. a string where molecules are expected)."""
 # -- compute backends (issue 13) --------------------------------------------------------------------

@@ -91,7 +91,8 @@ def test_mlkrr_memory_layout_does_not_matter(split_data):
     S = mlkrr_loss_and_grad(A, big[::2, ::2], ya[::-1][::-1], XA[::-1][::-1], yA, 1.1, 1e-2)  # strided views
     for other in (F, S):
         assert other[0] == pytest.approx(ref[0], rel=1e-12)
-        np.testing.assert_allclose(other[1], ref[1], rtol=1e-10, atol=1e-12)
+        # other memory layouts take other BLAS kernels: round-off relative to the largest gradient entry
+        np.testing.assert_allclose(other[1], ref[1], rtol=0, atol=1e-10 * np.abs(ref[1]).max())
 
 
 def test_mlkrr_sigma_gradient_matches_fd(split_data):
@@ -230,7 +231,8 @@ def test_mlkr_equals_metric_learn(metric_learn_shimmed):
     theirs.fit(X, y)
     ours = MLKR(init=A0.copy(), sigma=sigma, max_iter=15).fit(X, y)
     assert 0 < ours.n_iter_ <= 15
-    np.testing.assert_allclose(ours.components_, theirs.components_, rtol=1e-6, atol=1e-8)
+    # two implementations' L-BFGS paths: differences relative to the largest entry of A, not to each entry
+    np.testing.assert_allclose(ours.components_, theirs.components_, rtol=0, atol=1e-6 * np.abs(theirs.components_).max())
 
 
 # ----------------------------------------------------------------------------------------------

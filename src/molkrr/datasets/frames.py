@@ -8,7 +8,7 @@ Files
   energy_unit/Å (``forces_unit=``, if present, is checked).
 
 Positions are always Å. Energies come back in the unit asked for (``unit=``): converted from the
-file's unit when it states one (through :func:`molkrr.calculator.ev_per_unit`), taken as that unit
+file's unit when it states one (through :func:`molkrr.units.ev_per_unit`), taken as that unit
 when it does not. A file with energies but neither a recorded unit nor ``unit=`` is refused: a silent
 guess (kcal/mol? eV? Hartree?) would make every force and every MAE wrong by a constant factor.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import os
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError, InvalidInputError
+from .._atomic import atomic_write
+from ..errors import DatasetError, InvalidInputError, SplitSizeError
 from ..molecules import Molecules
+from ..units import ev_per_unit
 
 __all__ = ["MissingUnitError", "block_split", "file_energy_unit", "read_frames", "write_frames"]
 
@@ -43,6 +46,12 @@ class MissingUnitError(InvalidInputError):
 #: Suffixes read as sGDML ``.npz``; anything else goes through ase's extended-XYZ reader.
 NPZ_SUFFIXES = (".npz",)
 _DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+#: Compressing writers on an open binary file; gzip records the name without ``.gz``, as ``gzip FILE`` would.
+_COMPRESS = {
+    ".gz": lambda fh, p: gzip.GzipFile(filename=p.name, mode="wb", fileobj=fh),
+    ".bz2": lambda fh, p: bz2.BZ2File(fh, mode="wb"),
+    ".xz": lambda fh, p: lzma.LZMAFile(fh, mode="wb"),
+}
 
 
 def file_energy_unit(path: str | os.PathLike) -> str | None:
@@ -158,7 +167,7 @@ def write_frames(
     Parameters
     ----------
     path : str or PathLike
-        Destination, overwritten (through a temporary file and a rename).
+        Destination, replaced atomically (:func:`molkrr._atomic.atomic_write`).
     molecules : Molecules, ase.Atoms or list of ase.Atoms
         Positions in Å; their own energies/forces are written unless given here.
     energy_unit : str or None
@@ -182,15 +191,19 @@ def write_frames(
         a.info.update(extra)
         a.info.update(units)
     p = Path(os.fspath(path))
-    tmp = p.with_name(p.name + ".tmp" + "".join(p.suffixes[-1:]))  # keeps a compression suffix
+    compress = _COMPRESS.get(p.suffix.lower())
+
+    def write(fh):
+        if compress is None:
+            ase.io.write(fh, images, format="extxyz", write_results=True)
+            return
+        with compress(fh, p) as raw, io.TextIOWrapper(raw, encoding="utf-8") as text:
+            ase.io.write(text, images, format="extxyz", write_results=True)
+
     try:
-        ase.io.write(tmp, images, format="extxyz", write_results=True)
-        os.replace(tmp, p)
+        atomic_write(p, write, mode="w" if compress is None else "wb")
     except OSError as exc:
         raise DatasetError(f"cannot write {p}: {' '.join(str(exc).split())[:200]}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def block_split(
@@ -226,7 +239,8 @@ def block_split(
     Raises
     ------
     InvalidInputError
-        Bad fractions, an empty training or test block, or more frames asked from a block than it holds.
+        Bad fractions, an empty training or test block, or (:class:`~molkrr.errors.SplitSizeError`) more
+        frames asked from a block than it holds.
 
     Examples
     --------
@@ -259,8 +273,10 @@ def _evenly(start: int, stop: int, k: int | None, name: str) -> np.ndarray:
     size = stop - start
     if k is None:
         return np.arange(start, stop)
-    if k < 0 or k > size:
-        raise InvalidInputError(f"{k} {name} frames asked for, but the {name} block holds {size} (frames {start}..{stop - 1})")
+    if k < 0:
+        raise InvalidInputError(f"{k} {name} frames asked for: the count must be ≥ 0")
+    if k > size:
+        raise SplitSizeError(f"{k} {name} frames asked for, but the {name} block holds {size} (frames {start}..{stop - 1})")
     if k == 0:
         return np.zeros(0, dtype=np.int64)
     return np.round(np.linspace(start, stop - 1, k)).astype(np.int64)  # spacing ≥ 1: distinct indices
@@ -299,8 +315,6 @@ def _first_frame_info(p: Path) -> dict:
 
 
 def _conversion(from_unit: str, to_unit: str, p: Path) -> float:
-    from ..calculator import ev_per_unit
-
     try:
         return ev_per_unit(from_unit) / ev_per_unit(to_unit)
     except InvalidInputError as exc:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..errors import DatasetError, InvalidInputError, MolkrrError, ShapeMismatchError
 from ..molecules import Molecules, as_molecules
 
@@ -138,7 +139,7 @@ def write_sgdml_npz(
     Parameters
     ----------
     path : str or PathLike
-        Destination ``.npz`` (written to a temporary file, then renamed).
+        Destination ``.npz``, replaced atomically (:func:`molkrr._atomic.atomic_write`).
     molecules : Molecules, ase.Atoms or list of ase.Atoms
         Frames of one molecule (same atomic numbers in the same order), positions in Å, with energies
         and forces (forces in ``energy_unit``/Å).
@@ -185,16 +186,10 @@ def write_sgdml_npz(
     }
     dataset["md5"] = np.array(_sgdml_md5(dataset))
     p = Path(os.fspath(path))
-    tmp = p.with_name(p.name + ".tmp")  # a plain open(): the file gets the usual permissions (mkstemp's are 0600)
     try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **dataset)
-        os.replace(tmp, p)
+        atomic_write(p, lambda fh: np.savez_compressed(fh, **dataset))
     except OSError as exc:
         raise DatasetError(f"cannot write {p}: {_one_line(exc)}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------------------------- helpers
