@@ -152,6 +152,8 @@ def check_model_params(model: Any) -> None:
     if model.lam is not None:
         check_positive(model.lam, "lam", allow_zero=True)
     check_bool(model.prefit_metric, "prefit_metric")
+    if getattr(model, "n_sparse", None) is not None:
+        check_int(model.n_sparse, "n_sparse", minimum=1)
     check_bool(model.center, "center")
     if model.energy_unit is not None and (not isinstance(model.energy_unit, str) or len(model.energy_unit) > 256):
         raise InvalidInputError(f"energy_unit must be a string of at most 256 characters or None, got {model.energy_unit!r:.60}")

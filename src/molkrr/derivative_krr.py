@@ -510,6 +510,24 @@ class DerivativeKRR(BaseEstimator):
             self.offset_ = float(np.mean(energies - self.predict_env(env)))
         return self
 
+    def set_environment_weights(self, X: np.ndarray, labels: np.ndarray, alpha: np.ndarray, offset: float) -> "DerivativeKRR":
+        """Become the energy model E = offset + Σ_e Σ_f α_f k(x_e, x_f) over environments f (X (n_f, d), labels,
+        α (n_f,)): the hook through which other solvers (molkrr.solvers.sparse_local) hand over their
+        result. Only for targets='energy'."""
+        if check_targets(self.targets) != "energy":
+            raise InvalidInputError("set_environment_weights makes an energy model: targets must be 'energy'")
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        self.X_ = X
+        self.labels_ = np.asarray(labels, dtype=np.int64).copy()
+        self.alpha_ = np.asarray(alpha, dtype=np.float64).reshape(-1).copy()
+        if not (self.labels_.shape == self.alpha_.shape == (X.shape[0],)):
+            raise ShapeMismatchError(f"{X.shape[0]} environments, {self.labels_.shape} labels, {self.alpha_.shape} weights")
+        self.W_ = np.zeros_like(X)
+        self.wdot_ = np.zeros(X.shape[0])
+        self.offset_ = float(offset)
+        self._prediction_cache = None
+        return self
+
     def _set_weights(self, env: Environments, coef: np.ndarray, rows: np.ndarray, targets: str) -> None:
         d = env.X.shape[1]
         alpha = np.zeros(env.X.shape[0])

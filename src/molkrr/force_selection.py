@@ -192,6 +192,17 @@ def fit_derivative_model(model: Any, mols: Molecules, y: np.ndarray, *, progress
     model.sigma_ = float(sigma) if kernel.has_length_scale else None
     model.lam_ = float(lam)
     model.lam_forces_ = float(lam_f)
+    if getattr(model, "n_sparse", None) is not None:  # inducing environments (molkrr.solvers.sparse_local)
+        from .solvers.sparse_local import fit_sparse_energies
+
+        if targets != "energy":
+            raise InvalidInputError("n_sparse (sparse local KRR) trains on energies only so far: use targets='energy'")
+        fit = fit_sparse_energies(model.representation_, mols, y, kernel=kernel.with_sigma(model.sigma_),
+                                  lam=model.lam_, n_sparse=model.n_sparse, center=model.center, progress=progress)
+        model.krr_ = DerivativeKRR(kernel.with_sigma(model.sigma_), model.sigma_, model.lam_, model.lam_forces_,
+                                   targets, model.center).set_environment_weights(
+            fit["X"], fit["labels"], fit["beta"], fit["offset"])
+        return model
     model.krr_ = fit_molecules(model.representation_, mols, kernel=kernel.with_sigma(model.sigma_),
                                sigma=model.sigma_, lam=model.lam_, lam_forces=model.lam_forces_, targets=targets,
                                center=model.center, energies=y, progress=progress)

@@ -74,6 +74,12 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         dressed-atom baseline local kernels need across compositions), 'mean' and None leave the
         energies to ``center``; 'auto' is 'elements' for local representations, 'mean' otherwise.
         No coordinate dependence: forces are unchanged.
+    n_sparse : int or None
+        Sparse local KRR (local representations, energy targets): ``n_sparse`` inducing atomic
+        environments in all, shared among the elements in proportion to their counts, instead of every
+        training molecule (:mod:`molkrr.solvers.sparse_local`): training O(n·M²) streamed over molecules,
+        prediction reads M environments. None: the exact solve. σ/λ, when not given, are selected with
+        the exact local kernel on at most 2,000 of the training molecules.
     lam_forces : float or None
         Ridge on the force rows ([E]²/Å²) when forces are trained; None selects it (with σ and λ)
         by validation force MAE (:func:`molkrr.force_selection.select_force_hyperparameters`).
@@ -102,6 +108,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         targets: str = "energy",
         lam_forces: float | None = None,
         baseline: str | None = "auto",
+        n_sparse: int | None = None,
     ) -> None:
         self.representation = representation
         self.kernel = kernel
@@ -118,6 +125,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.targets = targets
         self.lam_forces = lam_forces
         self.baseline = baseline
+        self.n_sparse = n_sparse
 
     # ------------------------------------------------------------------ fitting
     def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
@@ -136,6 +144,9 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         # --- the energy baseline (molkrr.baseline): the KRR fits what it leaves
         from .derivative_krr import is_local
 
+        if self.n_sparse is not None and not is_local(rep):
+            raise InvalidInputError("n_sparse (inducing atomic environments) needs a local representation, "
+                                    "e.g. FCHL19(form='atomic'); for a global one use solver='falkon'")
         self.baseline_ = resolve_baseline(self.baseline, is_local(rep))
         if self.baseline_ == "elements":
             self.baseline_elements_, self.baseline_energies_ = fit_element_energies(mols, y)

@@ -52,7 +52,7 @@ FORMAT = "molkrr-model"
 FORMAT_VERSION = 2
 #: Parameters added after a format version's first files, with the value that reproduces how files
 #: without them were fitted (so those files keep loading and predicting as before).
-_ADDED_PARAMS: dict[str, dict[str, Any]] = {"MolecularKRR": {"baseline": "mean"}}
+_ADDED_PARAMS: dict[str, dict[str, Any]] = {"MolecularKRR": {"baseline": "mean", "n_sparse": None}}
 HEADER_KEY = "__header__"
 
 #: Largest total (decompressed) size of the arrays in one model file, in bytes. A model of 130,000
@@ -849,6 +849,8 @@ def _check_molecular_krr(f: _Fields) -> None:
     _text(unit, where, none=True, max_len=256)
     if "baseline" in f.params:  # format 2 files written before the baseline existed have none
         _choice(*f.p("baseline"), ("auto", "elements", "mean"), none=True)
+    if "n_sparse" in f.params:
+        _integer(*f.p("n_sparse"), 1, none=True)
     if not f.is_fitted:
         return
     rep, rep_where = f.f("representation_")
