@@ -14,6 +14,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF
 
 from molkrr import CoulombMatrix, MolecularKRR, load_model
+from molkrr.calculator import MolkrrCalculator
 from molkrr.datasets import read_frames
 from molkrr.datasets.md import shipped_trajectory_path
 from molkrr.errors import MolkrrError, UncertaintyNotSupportedError
@@ -264,3 +265,38 @@ def test_local_kernel_raises_a_typed_error(train):
 def test_krr_std_rejects_wrong_feature_shapes(model):
     with pytest.raises(MolkrrError):
         krr_std(model.krr_, np.zeros((2, 3)))
+
+
+# ------------------------------------------------------------------------------------ calculator
+def test_calculator_reports_std_only_when_asked(model, frames):
+    atoms = frames[1200].to_ase()[0]
+    atoms.calc = MolkrrCalculator(model)
+    atoms.get_forces()
+    assert "energy_std" not in atoms.calc.results and "energy_std" not in atoms.calc.implemented_properties
+    calc = MolkrrCalculator(model, uncertainty=True)
+    atoms.calc = calc
+    _, _, E_std, (F_std,) = model.predict_energies_and_forces(frames[1200], return_std=True)
+    assert calc.get_property("energy_std", atoms) == pytest.approx(E_std[0], rel=1e-12)  # the model's unit is eV
+    np.testing.assert_allclose(calc.get_property("forces_std", atoms), F_std, rtol=1e-12)
+    assert calc.n_model_calls == 1
+    kcal = MolkrrCalculator(model, uncertainty=True, energy_unit="kcal/mol")
+    atoms.calc = kcal
+    assert kcal.get_property("energy_std", atoms) == pytest.approx(E_std[0] * 0.0433641043, rel=1e-8)
+
+
+def test_calculator_refuses_uncertainty_for_an_unsupported_model(train):
+    forces = MolecularKRR(CoulombMatrix("unsorted"), sigma=SIGMA_CM, lam=1e-6, lam_forces=1e-7, targets="forces",
+                          energy_unit="eV").fit(train[:6])
+    MolkrrCalculator(forces)  # fine without
+    with pytest.raises(UncertaintyNotSupportedError):
+        MolkrrCalculator(forces, uncertainty=True)
+
+
+def test_calculator_gives_energy_std_only_where_force_std_is_not_available(train, frames):
+    lap = MolecularKRR(CoulombMatrix("unsorted"), kernel="laplacian", sigma=500.0, lam=1e-6, energy_unit="eV").fit(train[:10])
+    calc = MolkrrCalculator(lap, uncertainty=True)
+    assert "energy_std" in calc.implemented_properties and "forces_std" not in calc.implemented_properties
+    atoms = frames[1200].to_ase()[0]
+    atoms.calc = calc
+    atoms.get_forces()  # forces as usual
+    assert calc.get_property("energy_std", atoms) == pytest.approx(lap.predict(frames[1200], return_std=True)[1][0], rel=1e-12)

@@ -42,6 +42,11 @@ class MolkrrCalculator(Calculator):
         Elements the model was not trained on that it may be asked about anyway (only where its
         representation is defined for them, see :func:`molkrr.applicability.allow_elements`).
         Without this, such atoms raise UnseenElementError.
+    uncertainty : bool
+        Also compute the posterior standard deviations of energy and forces (:mod:`molkrr.uncertainty`)
+        with every calculation, as the results ``energy_std`` (eV) and ``forces_std`` (n_atoms, 3) in
+        eV/Å (``calc.get_property('energy_std', atoms)``). Off by default: it costs a Jacobian and a
+        triangular solve per call. A model that cannot give them raises UncertaintyNotSupportedError here.
     **kwargs
         Passed on to :class:`ase.calculators.calculator.Calculator` (``label``, ``directory``, ...).
 
@@ -78,6 +83,7 @@ class MolkrrCalculator(Calculator):
         model_path: str | os.PathLike | None = None,
         energy_unit: str | None = None,
         allow_elements: Any = None,
+        uncertainty: bool = False,
         **kwargs: Any,
     ) -> None:
         if model is not None and model_path is not None:
@@ -113,6 +119,20 @@ class MolkrrCalculator(Calculator):
         self.model = model
         self.n_model_calls = 0
         self.calculate_seconds = 0.0
+        self.uncertainty = bool(uncertainty)
+        self._force_std = False
+        if self.uncertainty:  # molkrr.uncertainty: refuse a model that cannot give a std now, not mid-run
+            from .errors import UncertaintyNotSupportedError
+            from .uncertainty import check_supported
+
+            check_supported(model)
+            try:
+                check_supported(model, forces=True)
+                self._force_std = True
+            except (UncertaintyNotSupportedError, NotDifferentiableError):  # e.g. a Laplacian kernel: energy std only
+                pass
+            extra = ["energy_std", "forces_std"] if self._force_std else ["energy_std"]
+            self.implemented_properties = [*type(self).implemented_properties, *extra]
         super().__init__(**kwargs)
 
     def __repr__(self) -> str:
@@ -180,6 +200,8 @@ class MolkrrCalculator(Calculator):
         self.results = {"energy": energy, "free_energy": energy}
         if forces is not None:
             self.results["forces"] = np.asarray(forces[0], dtype=np.float64) * self.ev_per_unit
+        if self.uncertainty:
+            self._add_std(mol, with_forces=forces is not None)
 
     def _molecule(self, atoms: Any) -> Molecules:
         """The validated one-molecule batch of ``atoms``.
@@ -198,6 +220,16 @@ class MolkrrCalculator(Calculator):
         self._last_molecule = mol
         return mol
 
+    def _add_std(self, mol: Molecules, with_forces: bool) -> None:
+        """``energy_std`` (eV) and, where the model gives it, ``forces_std`` (eV/Å) into the results."""
+        from .uncertainty import energy_and_force_std, energy_std
+
+        if with_forces and self._force_std:
+            e_std, (f_std,) = energy_and_force_std(self.model, mol)
+            self.results["forces_std"] = np.asarray(f_std, dtype=np.float64) * self.ev_per_unit
+        else:
+            e_std = energy_std(self.model, mol)
+        self.results["energy_std"] = float(e_std[0]) * self.ev_per_unit
 
 def _min_distance_squared(positions: np.ndarray) -> float:
     """Smallest squared interatomic distance of one molecule (inf for a single atom)."""

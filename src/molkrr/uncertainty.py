@@ -50,11 +50,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from .errors import NotDifferentiableError, ShapeMismatchError, UncertaintyNotSupportedError
 from .kernels import StationaryKernel
-from .linalg import spd_factor
+from .linalg import gemm, spd_factor
 
 __all__ = [
     "KEEP_FACTOR_MAX_BYTES",
     "check_supported",
+    "energy_and_force_std",
+    "energy_std",
     "gp_scale",
     "krr_energy_and_force_std",
     "krr_std",
@@ -184,14 +186,14 @@ def krr_energy_and_force_std(krr: Any, Z: Any, jacobians: list[np.ndarray]) -> t
             J = np.asarray(jacobians[i], dtype=np.float64)
             if J.ndim != 3 or J.shape[0] != Z.shape[1] or J.shape[2] != 3:
                 raise ShapeMismatchError(f"Jacobian {i} has shape {J.shape}, expected ({Z.shape[1]}, n_atoms, 3)")
-            group.append((i, J.reshape(J.shape[0], -1)))
+            group.append((i, np.ascontiguousarray(J.reshape(J.shape[0], -1))))
             cols += J.shape[1] * 3
             i += 1
         G = np.empty((X.shape[0], cols))
         prior, at = [], 0
         for row, J in group:
             g1 = kernel.gradient_coefficients(Z[row : row + 1], X)[0]  # ∂k(z, z_m)/∂z = g1_m (z − z_m)
-            P = X @ J  # (n, 3N): z_m · J_ic
+            P = gemm(X, J)  # (n, 3N): z_m · J_ic, by scipy's BLAS like the solve (one BLAS pool, molkrr.linalg)
             P -= Z[row] @ J
             P *= -g1[:, None]  # g1_m (z − z_m) · J_ic
             G[:, at : at + J.shape[1]] = P
@@ -243,24 +245,38 @@ def check_supported(model: Any, *, forces: bool = False) -> None:
             )
 
 
-def predict_with_std(model: Any, molecules: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(energies, energy std), both (n_molecules,): ``model.predict`` and the posterior std."""
+def energy_std(model: Any, molecules: Any) -> np.ndarray:
+    """Posterior std of a fitted MolecularKRR's energies (n_molecules,), in its energy unit."""
     check_supported(model)
-    energies = model.predict(molecules)
-    return energies, krr_std(model.krr_, model.features(molecules))
+    return krr_std(model.krr_, model.features(molecules))
 
 
-def predict_energies_and_forces_with_std(model: Any, molecules: Any) -> tuple[np.ndarray, list, np.ndarray, list]:
-    """(energies, forces, energy std (n_molecules,), force std: one (n_atoms_i, 3) array per molecule)."""
+def energy_and_force_std(model: Any, molecules: Any) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(energy std (n_molecules,), force std: one (n_atoms_i, 3) array per molecule) of a fitted MolecularKRR."""
     from .molecules import as_molecules
 
     check_supported(model, forces=True)
     mols = as_molecules(molecules)
-    energies, forces = model.predict_energies_and_forces(mols)
     Z = model.features(mols)
     A = None if model.metric_ is None else np.asarray(model.metric_.components_, dtype=np.float64)
     jac = []
     for Jx in model.representation_.jacobian(mols):  # (d, n_atoms, 3): ∂x/∂R, then ∂z/∂R = A ∂x/∂R
         jac.append(Jx if A is None else (A @ Jx.reshape(Jx.shape[0], -1)).reshape(A.shape[0], *Jx.shape[1:]))
-    energy_std, force_std = krr_energy_and_force_std(model.krr_, Z, jac)
-    return energies, forces, energy_std, force_std
+    return krr_energy_and_force_std(model.krr_, Z, jac)
+
+
+def predict_with_std(model: Any, molecules: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(energies, energy std), both (n_molecules,): ``model.predict`` and the posterior std."""
+    check_supported(model)
+    return model.predict(molecules), energy_std(model, molecules)
+
+
+def predict_energies_and_forces_with_std(model: Any, molecules: Any) -> tuple[np.ndarray, list, np.ndarray, list]:
+    """(energies, forces, energy std (n_molecules,), force std: one (n_atoms_i, 3) array per molecule):
+    ``model.predict_energies_and_forces`` and the posterior stds."""
+    from .molecules import as_molecules
+
+    check_supported(model, forces=True)
+    mols = as_molecules(molecules)
+    energies, forces = model.predict_energies_and_forces(mols)
+    return (energies, forces, *energy_and_force_std(model, mols))
