@@ -290,3 +290,60 @@ def test_non_differentiable_model_gives_energy_but_no_forces(qm9, model, monkeyp
     assert atoms.get_potential_energy() == pytest.approx(model.predict(Molecules.from_ase(atoms))[0], rel=1e-14)
     with pytest.raises(PropertyNotImplementedError, match="not differentiable"):
         atoms.get_forces()
+
+
+# ------------------------------------------------------------------------------------------ per-step overhead
+def test_check_state_gives_ases_answer(qm9, model):
+    """The calculator's cheap check_state agrees with ase's compare_atoms on every kind of change."""
+    from ase.calculators.calculator import compare_atoms
+
+    atoms = perturbed_atoms(qm9, 3)
+    calc = MolkrrCalculator(model)
+    assert calc.check_state(atoms) == compare_atoms(None, atoms)
+    atoms.calc = calc
+    atoms.get_forces()
+    old = calc.atoms
+
+    def changed(edit):
+        new = atoms.copy()
+        edit(new)
+        return new
+
+    cases = [
+        lambda a: None,
+        lambda a: a.set_momenta(np.ones((len(a), 3))),  # not a system change
+        lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-10),
+        lambda a: a.positions.__setitem__((2, 1), np.nan),
+        lambda a: a.numbers.__setitem__(0, 9),
+        lambda a: a.set_cell([5.0, 5.0, 5.0]),
+        lambda a: a.set_pbc([True, False, False]),
+        lambda a: a.set_initial_charges(np.arange(len(a), dtype=float)),
+        lambda a: a.set_initial_magnetic_moments(np.ones(len(a))),
+    ]
+    for edit in cases:
+        new = changed(edit)
+        assert sorted(calc.check_state(new)) == sorted(compare_atoms(old, new, tol=1e-15))
+    bigger = Atoms(numbers=list(atoms.numbers) + [1], positions=np.vstack([atoms.positions, [[9.0, 9.0, 9.0]]]))
+    assert sorted(calc.check_state(bigger)) == sorted(compare_atoms(old, bigger, tol=1e-15))
+
+
+def test_positions_are_validated_on_every_step(qm9, model):
+    """After a full validation the calculator checks only positions while the elements stay; bad ones still raise."""
+    calc = MolkrrCalculator(model)
+    atoms = perturbed_atoms(qm9, 5)
+    atoms.calc = calc
+    atoms.get_forces()
+    for value, error in ((np.nan, NonFiniteCoordinatesError), (None, CoincidentAtomsError)):
+        moved = atoms.positions.copy()
+        moved[1] = moved[0] + 1e-4 if value is None else value
+        atoms.positions = moved
+        with pytest.raises(error):
+            atoms.get_forces()
+    atoms.positions = perturbed_atoms(qm9, 5).positions
+    atoms.numbers[0] = 0
+    with pytest.raises(UnknownElementError):
+        atoms.get_forces()
+    atoms = perturbed_atoms(qm9, 6)  # another molecule through the same calculator: same results as a fresh one
+    atoms.calc = calc
+    np.testing.assert_array_equal(atoms.get_forces(), model.predict_energies_and_forces(Molecules.from_ase(atoms))[1][0])
+    assert calc.calculate_seconds > 0

@@ -82,3 +82,9 @@ class BackendUnavailableError(MolkrrError, RuntimeError):
 
 class DeviceMemoryError(MolkrrError, MemoryError):
     """A computation does not fit in the memory of its device; the message says which size fits."""
+
+
+# -- predictive uncertainty (issue 18) --------------------------------------------------------------
+class UncertaintyNotSupportedError(MolkrrError, NotImplementedError):
+    """A posterior standard deviation was asked of a model that cannot give one yet (see :mod:`molkrr.uncertainty`:
+    the FALKON solver, force-trained models, local kernels, force std of a non-stationary kernel)."""

@@ -107,6 +107,9 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         if not (np.isfinite(self.lam) and self.lam >= 0):
             raise InvalidInputError(f"lam must be a finite number ≥ 0, got {self.lam}")
         kernel = self.kernel_
+        from .uncertainty import forget_factor, remember_factor  # predictive std: the kept Cholesky factor
+
+        forget_factor(self)
         self.y_mean_ = np.mean(y, axis=0) if self.center else np.zeros(y.shape[1:])
         # ---- solver choice (large-n solver: molkrr.solvers.falkon)
         from .solvers.falkon import auto_solver, fit_falkon
@@ -128,10 +131,22 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             self.alpha_ = spd_solve(L, y - self.y_mean_)
         self.X_fit_ = X
         self._train_sq_norms()
+        if is_numpy(be):
+            remember_factor(self, L)  # kept for predict(return_std=True) (molkrr.uncertainty), never saved
         return self
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Predictions for X (n_q, d): shape (n_q,) or (n_q, t)."""
+    def predict(self, X: Any, return_std: bool = False) -> Any:
+        """Predictions for X (n_q, d): shape (n_q,) or (n_q, t).
+
+        return_std : also return the posterior standard deviation (same shape), as ``(predictions, std)``:
+            the GP view of KRR with the maximum-likelihood scale, see :mod:`molkrr.uncertainty` (exact
+            solver only; else :class:`~molkrr.errors.UncertaintyNotSupportedError`).
+        """
+        if return_std:  # molkrr.uncertainty
+            from .uncertainty import krr_std
+
+            pred = self.predict(X)
+            return pred, krr_std(self, validate_data(self, X, dtype=np.float64, order="C", reset=False))
         check_is_fitted(self)
         try:  # molkrr._validation: scikit-learn's input errors as MolkrrError subclasses
             X = validate_data(self, X, dtype=np.float64, order="C", reset=False)

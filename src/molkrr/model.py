@@ -214,8 +214,18 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         check_elements(self, mols)  # molkrr.applicability: refuse elements not seen in training
         return as_metric(self.metric_).transform(self.representation_.transform(mols))
 
-    def predict(self, molecules: Any) -> np.ndarray:
-        """Energies, shape (n_molecules,), in ``energy_unit``."""
+    def predict(self, molecules: Any, return_std: bool = False) -> Any:
+        """Energies, shape (n_molecules,), in ``energy_unit``.
+
+        return_std : also return the posterior standard deviation of each energy (n_molecules,), as
+            ``(energies, std)``; the convention (GP view of KRR, maximum-likelihood scale) is in
+            :mod:`molkrr.uncertainty`. Energy-trained models with a global representation and the exact
+            solver only (else :class:`~molkrr.errors.UncertaintyNotSupportedError`).
+        """
+        if return_std:  # molkrr.uncertainty: the posterior std beside this method's energies
+            from .uncertainty import predict_with_std
+
+            return predict_with_std(self, molecules)
         check_is_fitted(self)
         mols = as_molecules(molecules)
         if not isinstance(self.krr_, KernelRidge):  # derivative-observation / local-kernel model
@@ -237,8 +247,17 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         """Forces −∂E/∂R: one (n_atoms_i, 3) array per molecule, in energy_unit / Å."""
         return self.predict_energies_and_forces(molecules)[1]
 
-    def predict_energies_and_forces(self, molecules: Any) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(energies (n_molecules,), forces: list of (n_atoms_i, 3)) sharing one feature evaluation."""
+    def predict_energies_and_forces(self, molecules: Any, return_std: bool = False) -> tuple:
+        """(energies (n_molecules,), forces: list of (n_atoms_i, 3)) sharing one feature evaluation.
+
+        return_std : also return the posterior standard deviations, as ``(energies, forces, energy_std
+            (n_molecules,), force_std: list of (n_atoms_i, 3))`` in energy_unit and energy_unit/Å
+            (:mod:`molkrr.uncertainty`; a stationary kernel is needed for the force std).
+        """
+        if return_std:  # molkrr.uncertainty: the posterior std beside this method's energies and forces
+            from .uncertainty import predict_energies_and_forces_with_std
+
+            return predict_energies_and_forces_with_std(self, molecules)
         check_is_fitted(self)
         mols = as_molecules(molecules)
         check_elements(self, mols)  # molkrr.applicability: refuse elements not seen in training
