@@ -33,6 +33,8 @@ from ..kernels.base import StationaryKernel
 
 #: Molecules per streamed block.
 BLOCK_MOLECULES = 2000
+#: Below this M the normal equations accumulate by SYRK (OpenBLAS's threaded dsyrk has segfaulted from 16,000).
+SYRK_MAX = 15000
 
 
 def allocate_inducing(counts: dict[int, int], n_sparse: int) -> dict[int, int]:
@@ -160,24 +162,27 @@ def fit_sparse_energies(rep: Any, mols: Any, energies: np.ndarray, *, kernel: St
     Z, zl = _distinct(*inducing_environments(rep, mols, atoms))  # equal environments give equal columns
     zz = np.einsum("ij,ij->i", Z, Z)
     M = Z.shape[0]
-    H = np.zeros((M, M))
+    H = np.zeros((M, M), order="F")  # lower triangle of K_nmᵀK_nm, accumulated by SYRK (half the GEMM flops)
     rhs = np.zeros(M)
     starts = range(0, len(mols), block)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="sparse local KRR", unit="block", file=sys.stderr, dynamic_ncols=True)
+    from scipy.linalg.blas import dsyrk
+
     from ..derivative_krr import environments
     from ..linalg import gemm
 
     for s in starts:
         part = mols[s : s + block]
         Kb = knm_rows(kernel, environments(rep, part), Z, zl, zz)
-        H += gemm(Kb, Kb, trans_a=True)
+        if M < SYRK_MAX:  # C ← KbᵀKb + C on the lower triangle
+            H = dsyrk(1.0, np.asfortranarray(Kb), beta=1.0, c=H, trans=1, lower=1, overwrite_c=1)
+        else:  # the threaded-SYRK hazard of molkrr.linalg: plain GEMM
+            H += gemm(Kb, Kb, trans_a=True)
         rhs += Kb.T @ (y[s : s + block] - offset)
-    from ..local_gram import symmetrize
-
-    symmetrize(H)
+    H = np.ascontiguousarray(np.tril(H) + np.tril(H, -1).T)
     blocks = [(idx, kernel(Z[idx])) for idx in (np.flatnonzero(zl == z) for z in np.unique(zl).tolist())]
     beta = _solve_whitened(H, blocks, rhs, lam)  # K_mm is block diagonal: one block per element
     return {"X": Z, "labels": zl, "beta": beta, "offset": offset}
