@@ -72,6 +72,20 @@ def test_train_on_qm9_with_selection_reports_test_mae(runner, tmp_path):
     assert model.sigma_ > 0
 
 
+@pytest.mark.parametrize("extra", [[], ["--n-sparse", "300"]], ids=["exact", "sparse"])
+def test_train_local_kernel_on_qm9_with_the_element_baseline(runner, tmp_path, extra):
+    model_path = tmp_path / "local.npz"
+    out = runner.invoke(cli, ["train", "--dataset", "qm9", "--n-train", "120", "--n-test", "30", "--representation",
+                              "fchl19-local", "-o", str(model_path), "-q", *extra])
+    assert out.exit_code == 0, out.output
+    assert "test MAE on 30 molecules" in out.output
+    model = molkrr.load_model(model_path)
+    assert model.baseline_ == "elements" and model.baseline_elements_.tolist()[:2] == [1, 6]
+    assert (model.krr_.X_.shape[0] <= 300) == bool(extra)
+    mae = float(out.output.split("test MAE on 30 molecules:")[1].split()[0])
+    assert mae < 20.0  # without the baseline the local kernel is off by tens of kcal/mol (docs/local-kernels.md)
+
+
 def test_demo_runs_small(runner, tmp_path):
     png = tmp_path / "parity.png"
     out = runner.invoke(

@@ -169,11 +169,16 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 @click.option("--solver", type=click.Choice(["auto", "cholesky", "falkon"]), default="auto", show_default=True,
               help="Exact Cholesky, or Nyström + preconditioned CG (falkon) for large n; auto: exact while it fits.")
 @click.option("--n-centers", type=click.IntRange(1), default=None, help="Nyström centres for --solver falkon.")
+@click.option("--n-sparse", type=click.IntRange(1), default=None,
+              help="Sparse local KRR (fchl19-local, energy targets): this many inducing atomic environments in all.")
+@click.option("--baseline", type=click.Choice(["auto", "elements", "mean"]), default="auto", show_default=True,
+              help="Energy baseline: 'elements' fits one energy per element (the dressed-atom baseline local kernels "
+                   "need across compositions); auto: elements for per-atom representations, mean otherwise.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default="model.npz", show_default=True)
 @_quiet_option
 @_friendly
 def train(dataset, xyz, data, train_file, valid_file, test_file, split, energy_key, n_train, n_valid, n_test, prop, unit,
-          targets, representation, kernel, sigma, lam, seed, solver, n_centers, output, quiet):
+          targets, representation, kernel, sigma, lam, seed, solver, n_centers, n_sparse, baseline, output, quiet):
     """Train a model and save it (npz + JSON header, no pickle).
 
     Every training frame must carry a finite energy of magnitude at most 1e100 (an error names the
@@ -204,7 +209,7 @@ def train(dataset, xyz, data, train_file, valid_file, test_file, split, energy_k
     if valid_set is not None and (sigma is None or lam is None) and targets == "energy":
         sigma, lam = _select_on_validation(train_set, valid_set, representation, kernel, sigma, lam, unit, quiet)
     model = _make_model(representation, kernel, sigma, lam, unit, qm9=dataset == "qm9", targets=targets,
-                        solver=solver, n_centers=n_centers)
+                        solver=solver, n_centers=n_centers, n_sparse=n_sparse, baseline=baseline)
     t0 = time.perf_counter()
     model.fit(train_set, progress=not quiet)
     seconds = time.perf_counter() - t0
