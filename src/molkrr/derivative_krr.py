@@ -66,6 +66,8 @@ from .kernels.base import StationaryKernel
 from .kernels.blocks import squared_distances
 from .linalg import spd_factor, spd_solve
 from .molecules import Molecules
+from .schema import (MAX_ABS_COEFFICIENT, MAX_ABS_FEATURE, Bool, Choice, Finite, FloatArray, IntArray, Number, Schema,
+                     Sigma, fail)
 
 #: Accepted values of ``targets``.
 TARGETS = ("energy", "forces", "energy+forces")
@@ -478,6 +480,11 @@ class DerivativeKRR(BaseEstimator):
     def kernel_(self) -> Kernel:
         return make_kernel(self.kernel, self.sigma)
 
+    @classmethod
+    def model_file_schema(cls) -> Schema:
+        """The fields a model file holds for a DerivativeKRR, and their checks (:mod:`molkrr.schema`)."""
+        return _model_file_schema()
+
     def fit(self, env: Environments, energies: np.ndarray | None, gradients: list[np.ndarray] | None,
             *, progress: bool = False) -> "DerivativeKRR":
         """Fit on environments (with Jacobians unless targets='energy'), energies (n_mol,) and
@@ -846,3 +853,29 @@ def predict_energies(rep: Any, model: DerivativeKRR, mols: Molecules) -> np.ndar
 
 __all__ = ["TARGETS", "DerivativeKRR", "Environments", "environments", "fit_molecules", "gram_block", "gram_matrix",
            "is_local", "predict_energies", "predict_energies_and_forces", "rigid_complement", "training_environments"]
+
+
+# ------------------------------------------------------------------------------------ model files
+def _check_labels(labels, where, node) -> None:
+    n = node.dims["n"]
+    if labels.shape != (n,):
+        raise fail(where, f"must hold one label per environment ({n}), got shape {labels.shape}")
+
+
+def _model_file_schema() -> Schema:
+    """Consistent, finite environments and weights; anything else the model keeps: finite numbers only."""
+    from .kernels import KernelField
+
+    return Schema(
+        params={"kernel": KernelField(), "sigma": Sigma(none_ok=True), "lam": Number(lo=0.0),
+                "lam_forces": Number(lo=0.0, none_ok=True), "targets": Choice(TARGETS), "center": Bool()},
+        fitted={
+            "X_": FloatArray(2, dims=("n", "d"), max_abs=MAX_ABS_FEATURE),
+            "alpha_": FloatArray(1, dims=("n",), max_abs=MAX_ABS_COEFFICIENT),
+            "W_": FloatArray(2, dims=("n", "d"), max_abs=MAX_ABS_COEFFICIENT),
+            "wdot_": FloatArray(1, dims=("n",), max_abs=MAX_ABS_COEFFICIENT),
+            "labels_": IntArray(0, 118, then=_check_labels),
+            "offset_": Number(max_abs=MAX_ABS_COEFFICIENT),
+        },
+        extra=Finite(),
+    )

@@ -18,8 +18,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._validation import as_molkrr_error
 from .backends import get_backend, is_numpy
 from .errors import InvalidInputError, ShapeMismatchError
-from .kernels import Kernel, make_kernel, squared_distances
+from .kernels import Kernel, KernelField, make_kernel, squared_distances
 from .linalg import spd_factor, spd_solve
+from .schema import (MAX_ABS_COEFFICIENT, MAX_ABS_FEATURE, Bool, Choice, Custom, FloatArray, Int, Number, Schema, Sigma,
+                     Text, fail, float_array, number)
 
 #: The λ grid searched when λ is not given.
 DEFAULT_LAMS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
@@ -205,6 +207,11 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             )
         return values + self.y_mean_, grads
 
+    @classmethod
+    def model_file_schema(cls) -> Schema:
+        """The fields a model file holds for a KernelRidge, and their checks (:mod:`molkrr.schema`)."""
+        return _SCHEMA
+
     def _derived(self, key: str, build: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """build(X_fit_), computed once per fitted X_fit_ (derived state, not saved in model files)."""
         cached = self.__dict__.get(key)
@@ -225,6 +232,70 @@ class KernelRidge(RegressorMixin, BaseEstimator):
     def _backend_rows(self, be: Any) -> Any:
         """The training rows as a compute backend keeps them (on its device), uploaded once per fit (issue 13)."""
         return self._derived(f"_rows_{be.name}_{be.device}_{be.dtype}", be.rows)
+
+
+# ----------------------------------------------------------------------------- model files
+#: The solver's and the backend's parameters (molkrr.solvers.falkon, molkrr.backends) as model files check them.
+SOLVER_PARAMS = {
+    "solver": Choice(("auto", "cholesky", "falkon")),
+    "n_centers": Int(1, none_ok=True),
+    "cg_tol": Number(lo=0.0, lo_open=True),
+    "cg_max_iter": Int(1),
+    "random_state": Int(0, none_ok=True),
+    "backend": Text(64, none_ok=True),
+    "device": Text(64, none_ok=True),
+}
+
+
+def _check_x_fit(X, where, node) -> None:
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise fail(where, f"needs at least one row and one column, got shape {X.shape}")
+
+
+def _check_y_mean(y_mean, where, node) -> None:
+    alpha = node.fitted["alpha_"]
+    if alpha.ndim == 1:
+        if isinstance(y_mean, np.ndarray):
+            float_array(y_mean, where, 0, max_abs=MAX_ABS_COEFFICIENT)
+        else:
+            number(y_mean, where, max_abs=MAX_ABS_COEFFICIENT)
+    else:
+        float_array(y_mean, where, 1, shape=(alpha.shape[1],), max_abs=MAX_ABS_COEFFICIENT)
+    if not node.params["center"] and np.any(np.asarray(y_mean) != 0):
+        raise fail(where, "must be 0 for a model fitted with center=false")
+
+
+def _check_lam_used(lam_used, where, node) -> None:
+    lam = float(node.params["lam"])
+    if float(lam_used) < lam:
+        raise fail(where, f"λ used ({float(lam_used):g}) is below the requested lam ({lam:g})")
+
+
+def _check_n_features_in(n_in, where, node) -> None:
+    if n_in != node.dims["d"]:
+        raise fail(where, f"is {n_in} but X_fit_ has {node.dims['d']} columns")
+
+
+def _check_feature_names(names, where, node) -> None:
+    d = node.dims["d"]
+    if not isinstance(names, np.ndarray) or names.dtype.kind != "U" or names.shape != (d,):
+        raise fail(where, f"must be {d} strings")
+
+
+_SCHEMA = Schema(
+    params={"kernel": KernelField(), "sigma": Sigma(none_ok=True), "lam": Number(lo=0.0), "center": Bool(),
+            **SOLVER_PARAMS},
+    fitted={
+        "solver_": Choice(("cholesky", "falkon"), required=False),
+        "n_iter_": Int(0, required=False),
+        "X_fit_": FloatArray(2, dims=("n", "d"), max_abs=MAX_ABS_FEATURE, then=_check_x_fit),
+        "alpha_": FloatArray((1, 2), dims=("n",), max_abs=MAX_ABS_COEFFICIENT),
+        "y_mean_": Custom(_check_y_mean),
+        "lam_": Number(lo=0.0, then=_check_lam_used),
+        "n_features_in_": Int(1, then=_check_n_features_in),
+        "feature_names_in_": Custom(_check_feature_names, required=False),
+    },
+)
 
 
 # ----------------------------------------------------------------------------- selection

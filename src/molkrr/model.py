@@ -285,6 +285,11 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
 
         save_model(self, path)
 
+    @classmethod
+    def model_file_schema(cls) -> Any:
+        """The fields a model file holds for a MolecularKRR, and their checks (:mod:`molkrr.schema`)."""
+        return _model_file_schema()
+
 
 def finite_difference_forces(model: Any, molecule: Any, h: float = 1e-4, *, points: int = 2) -> np.ndarray:
     """Forces −∂E/∂R (n_atoms, 3) of one molecule by central differences of ``model.predict`` (step h in Å).
@@ -333,3 +338,128 @@ def _energies(mols: Molecules, y: Any) -> np.ndarray:
     if y.shape[0] != len(mols):
         raise ShapeMismatchError(f"{y.shape[0]} energies for {len(mols)} molecules")
     return y
+
+
+# ------------------------------------------------------------------------------------ model files
+def _model_file_schema() -> Any:
+    """MolecularKRR's parameters, its fitted parts (each read and checked as its own node first) and how
+    they must agree with each other and with the model's templates (molkrr.schema)."""
+    from .derivative_krr import TARGETS, DerivativeKRR
+    from .kernels import KernelField
+    from .krr import SOLVER_PARAMS
+    from .metric.base_metric import MetricLearner
+    from .representations.base import Representation
+    from .schema import Bool, Choice, Elements, Int, Nested, Number, Schema, Sigma, Text
+
+    return Schema(
+        params={
+            "representation": Nested("representation", Representation, fitted=False, none_ok=True),
+            "kernel": KernelField(),
+            **{k: SOLVER_PARAMS[k] for k in ("solver", "n_centers", "backend", "device")},
+            "sigma": Sigma(none_ok=True),
+            "lam": Number(lo=0.0, none_ok=True),
+            "metric": Nested("metric", MetricLearner, fitted=False, none_ok=True),
+            "prefit_metric": Bool(),
+            "center": Bool(),
+            "energy_unit": Text(256, none_ok=True),
+            "baseline": Choice(("auto", "elements", "mean"), none_ok=True),
+            "n_sparse": Int(1, none_ok=True),
+            "targets": Choice(TARGETS),
+            "lam_forces": Number(lo=0.0, none_ok=True),
+        },
+        fitted={
+            "representation_": Nested("representation", Representation, fitted=True, then=_check_representation),
+            "lam_forces_": Number(lo=0.0, none_ok=True, required=False),
+            "metric_": Nested("metric", MetricLearner, fitted=True, none_ok=True, then=_check_metric),
+            "sigma_": Sigma(none_ok=True),
+            "lam_": Number(lo=0.0),
+            "baseline_": Choice(("elements", "mean"), required=False, then=_check_baseline),  # absent before baselines
+            "krr_": Nested("krr", (KernelRidge, DerivativeKRR), fitted=True, then=_check_krr),
+            "elements_": Elements(then=_check_supported_elements),
+        },
+        # files of model format 2 written before these parameters existed: the values they were fitted with
+        added={"baseline": (1, "mean"), "n_sparse": (1, None)},
+    )
+
+
+def _check_representation(rep: Any, where: str, node: Any) -> None:
+    """fit clones the template: the fitted representation carries exactly the model's parameters."""
+    from .derivative_krr import DerivativeKRR
+    from .schema import fail, same
+
+    template = node.params["representation"]
+    if template is None:
+        from .representations.coulomb import CoulombMatrix
+
+        template = CoulombMatrix()
+    if type(rep) is not type(template) or not same(rep.get_params(deep=False), template.get_params(deep=False)):
+        raise fail(f"{where}.params", "differ from the model's representation parameters")
+    krr, _ = node.f("krr_")  # a DerivativeKRR (force targets, local kernels) takes rows per atom
+    if getattr(rep, "form", "global") != "global" and not isinstance(krr, DerivativeKRR):
+        raise fail(where, "MolecularKRR needs one feature row per molecule (a global representation)")
+
+
+def _check_metric(metric: Any, where: str, node: Any) -> None:
+    from .schema import fail, same
+
+    template = node.params["metric"]
+    if (metric is None) != (template is None) or (
+        metric is not None
+        and (type(metric) is not type(template) or not same(metric.get_params(deep=False), template.get_params(deep=False)))
+    ):
+        raise fail(where, "differs from the model's metric parameter")
+
+
+def _check_baseline(kind: str, where: str, node: Any) -> None:
+    """baseline_elements_ and baseline_energies_ (molkrr.baseline), present with baseline_."""
+    from .schema import MAX_ABS_COEFFICIENT, elements, fail, float_array, int_array
+
+    found, where = node.f("baseline_elements_")
+    energies, e_where = node.f("baseline_energies_")
+    if kind == "mean":
+        found = int_array(found, where, 1, 118)
+        if found.size:
+            raise fail(where, "must be empty for baseline 'mean'")
+    else:
+        found = elements(found, where)
+    node.fitted["baseline_elements_"] = found.astype(np.int64)
+    float_array(energies, e_where, 1, shape=(found.size,), max_abs=MAX_ABS_COEFFICIENT)
+
+
+def _check_krr(krr: Any, where: str, node: Any) -> None:
+    """The KRR's features are the representation's (through the metric's components_, if any)."""
+    from .schema import fail
+
+    rep, metric = node.fitted["representation_"], node.fitted["metric_"]
+    if not isinstance(krr, KernelRidge):  # DerivativeKRR: force targets or a local kernel (molkrr.derivative_krr)
+        if krr.X_.shape[1] != int(rep.n_features_):
+            raise fail(f"{where}.fitted.X_", f"has {krr.X_.shape[1]} columns but the representation gives "
+                                             f"{int(rep.n_features_)} features")
+        return
+    kernel, sigma, lam = node.params["kernel"], node.fitted["sigma_"], float(node.fitted["lam_"])
+    sigma = None if sigma is None else float(sigma)
+    if (krr.kernel != kernel or (None if krr.sigma is None else float(krr.sigma)) != sigma or float(krr.lam) != lam
+            or krr.center != node.params["center"]):
+        raise fail(where, f"kernel {krr.kernel!r}, sigma {krr.sigma!r}, lam {krr.lam!r} differ from the model's "
+                          f"{kernel!r}, sigma_ {sigma!r}, lam_ {lam!r}")
+    if krr.alpha_.ndim != 1:
+        raise fail(f"{where}.fitted.alpha_", "must be 1-D (one energy per molecule)")
+    d_rep, d_krr = int(rep.n_features_), krr.X_fit_.shape[1]
+    if metric is None and d_krr != d_rep:
+        raise fail(f"{where}.fitted.X_fit_", f"has {d_krr} columns but the representation gives {d_rep} features")
+    if metric is not None and metric.components_.shape != (d_krr, d_rep):
+        raise fail(f"{node.where}.fitted.metric_.fitted.components_", f"has shape {metric.components_.shape}, "
+                   f"expected ({d_krr}, {d_rep}) (KRR features × representation features)")
+
+
+def _check_supported_elements(found: np.ndarray, where: str, node: Any) -> None:
+    """The elements an energy model was trained on lie within what its representation supports."""
+    from .applicability import supported_elements
+    from .schema import fail
+
+    rep = node.fitted["representation_"]
+    supported = supported_elements(rep) if isinstance(node.fitted["krr_"], KernelRidge) else None
+    if supported is not None:
+        outside = np.setdiff1d(found, supported)
+        if outside.size:
+            raise fail(where, f"lists element {int(outside[0])}, which the {type(rep).__name__} does not support")

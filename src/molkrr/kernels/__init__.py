@@ -34,6 +34,7 @@ import pkgutil
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..schema import Spec, choice
 from .base import Kernel, StationaryKernel, check_sigma
 from .blocks import ROW_BLOCK, STREAM_BLOCK, squared_distances
 from .registry import KERNELS, register
@@ -77,6 +78,14 @@ def kernel_classes() -> list[type]:
     return classes
 
 
+class KernelField(Spec):
+    """A kernel parameter in a model file (:mod:`molkrr.schema`): a registered name, or a kernel object
+    (read and checked as its own node)."""
+
+    def check(self, v: Any, where: str, node: Any) -> Any:
+        return v if isinstance(v, Kernel) else choice(v, where, KERNELS)
+
+
 def kernel_name(kernel: "str | Kernel") -> str:
     """The registry name of a kernel given by name or object."""
     return kernel if isinstance(kernel, str) else kernel.name
@@ -90,6 +99,7 @@ __all__ = [
     "Gaussian",
     "GaussianKernel",
     "Kernel",
+    "KernelField",
     "Laplacian",
     "LaplacianKernel",
     "Linear",

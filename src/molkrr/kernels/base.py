@@ -25,6 +25,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
+from ..schema import Schema, Sigma
 from .blocks import ROW_BLOCK, active_squared_distances, check_pair, squared_distances
 
 
@@ -55,6 +56,11 @@ class Kernel(BaseEstimator):
     def checked_sigma(self) -> float:
         """σ as a checked positive float (raises if unset or invalid)."""
         return check_sigma(self.sigma)
+
+    @classmethod
+    def model_file_schema(cls) -> Schema:
+        """A kernel in a model file (:mod:`molkrr.schema`): its σ, where it has one; no fitted attributes."""
+        return Schema(params={"sigma": Sigma(none_ok=True)} if "sigma" in cls._get_param_names() else {})
 
     # -- values ----------------------------------------------------------------------------------
     def __call__(self, A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:

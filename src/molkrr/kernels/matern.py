@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..schema import Number, Schema, fail, show
 from .base import StationaryKernel
 from .registry import register
 
@@ -29,6 +30,11 @@ class Matern(StationaryKernel):
     def name(self) -> str:  # type: ignore[override]
         """'matern32' or 'matern52', the registry name."""
         return {1.5: "matern32", 2.5: "matern52"}.get(self.nu, "matern")
+
+    @classmethod
+    def model_file_schema(cls) -> Schema:
+        """σ as every kernel's, and ν ∈ {1.5, 2.5} (:mod:`molkrr.schema`)."""
+        return super().model_file_schema().extend(params={"nu": Number(then=_check_nu)})
 
     def _nu(self) -> float:
         if self.nu not in (1.5, 2.5):
@@ -76,3 +82,8 @@ def Matern32Kernel(sigma: float | None = None) -> Matern:  # noqa: N802 - the na
 def Matern52Kernel(sigma: float | None = None) -> Matern:  # noqa: N802 - the name used before kernels were objects
     """Matern(nu=2.5, sigma)."""
     return Matern(nu=2.5, sigma=sigma)
+
+
+def _check_nu(nu, where, node) -> None:
+    if float(nu) not in (1.5, 2.5):
+        raise fail(where, f"must be 1.5 or 2.5, got {show(nu)}")

@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import InvalidInputError, ShapeMismatchError
+from ..schema import MAX_ABS_FEATURE, Custom, FloatArray, Int, Number, Schema, Sigma, fail
 from ._util import as_float_matrix, check_int, check_positive, check_validation_data, typed_error
 from .driver import SegmentedLBFGS
 
@@ -139,6 +140,11 @@ class MetricLearner(TransformerMixin, BaseEstimator):
             self.best_val_mae_ = float(state.best_val_mae)
         return self
 
+    @classmethod
+    def model_file_schema(cls) -> Schema:
+        """The fields a model file holds for a metric learner, and their checks (:mod:`molkrr.schema`)."""
+        return _SCHEMA
+
     def _checkpoint_params(self) -> dict:
         """Parameters that must agree between a checkpoint and the estimator resuming it."""
         params = self.get_params()
@@ -149,6 +155,40 @@ class MetricLearner(TransformerMixin, BaseEstimator):
         if kernel is not None and kernel != "gaussian":  # Gaussian checkpoints read as before kernels were options
             out["kernel"] = kernel if isinstance(kernel, str) else kernel.name
         return json.loads(json.dumps(out))
+
+
+# --- model files ----------------------------------------------------------------------------
+def _check_components(A, where, node) -> None:
+    if A.shape[0] < 1 or A.shape[1] < 1:
+        raise fail(where, f"must have at least one row and column, got shape {A.shape}")
+
+
+def _check_n_features_in(n_in, where, node) -> None:
+    if n_in != node.dims["d"]:
+        raise fail(where, f"is {n_in} but components_ has {node.dims['d']} columns")
+
+
+def _check_history(history, where, node) -> None:
+    if not isinstance(history, dict) or not all(isinstance(h, list) for h in history.values()):
+        raise fail(where, "must map names to lists")
+    for key, values in history.items():
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values):
+            raise fail(f"{where}.{key}", "must hold numbers only")
+
+
+_SCHEMA = Schema(
+    params_check=lambda est: est._check_common_params(),
+    fitted={
+        "components_": FloatArray(2, dims=("c", "d"), max_abs=MAX_ABS_FEATURE, then=_check_components),
+        "n_features_in_": Int(1, then=_check_n_features_in),
+        "sigma_": Sigma(),
+        "n_iter_": Int(0),
+        "n_segments_": Int(0, required=False),
+        "seed_": Int(0, required=False),
+        "y_offset_": Number(required=False),
+        "history_": Custom(_check_history, required=False),
+    },
+)
 
 
 class IdentityMetric:

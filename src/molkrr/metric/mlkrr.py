@@ -33,6 +33,7 @@ from ..errors import InvalidInputError, NumericalError, ShapeMismatchError
 from ..kernels import Gaussian, Kernel, StationaryKernel, make_kernel
 from ..kernels.blocks import STREAM_BLOCK, embed, embedded_blocks
 from ..linalg import cholesky_lower_inplace, gemm
+from ..schema import Int, Number, Schema, fail, number, show
 from ._util import as_float_matrix, as_float_vector, check_int, check_positive
 from .base_metric import MetricLearner
 
@@ -482,6 +483,12 @@ class MLKRR(MetricLearner):
         get_backend(self.backend, self.device)  # an unknown backend or a missing device fails here
         return self._fit(X, y, validation_data=validation_data, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
+    @classmethod
+    def model_file_schema(cls) -> Schema:
+        """A metric learner's fields (:mod:`molkrr.schema`) and MLKRR's own parameters."""
+        return super().model_file_schema().extend(params={
+            "lam": Number(lo=0.0), "alpha_fraction": Number(then=_check_alpha_fraction), "shuffle_every": Int(1)})
+
     def _segment_length(self) -> int:
         return int(self.shuffle_every)
 
@@ -553,3 +560,8 @@ class MLKRR(MetricLearner):
             out["validation_every"] = self.validation_every
         return json.loads(json.dumps(out, default=float))
     # --- end stochastic MLKRR ---
+
+
+def _check_alpha_fraction(frac, where, node) -> None:
+    if not 0.0 < number(frac, where) < 1.0:
+        raise fail(where, f"must lie in (0, 1), got {show(frac)}")

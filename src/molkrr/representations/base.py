@@ -15,7 +15,9 @@ the fixed permutation at the evaluation point.
 
 Persistence (:mod:`molkrr.persistence`) stores ``get_params()`` as JSON and every fitted attribute
 (ending in ``_``) that is a number, a string, a list of numbers or a numpy array: keep fitted state
-in that form.
+in that form. A representation declares how a model file's copy of its fields is checked with a
+classmethod ``model_file_schema()`` (:mod:`molkrr.schema`); without one, its fitted attributes are
+accepted as they are (finite arrays, no pickle).
 """
 
 from __future__ import annotations

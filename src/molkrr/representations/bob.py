@@ -42,6 +42,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._validation import check_int
 from ..errors import InvalidInputError, RepresentationSizeError, ShapeMismatchError, UnknownElementError
 from ..molecules import MAX_ATOMIC_NUMBER, Molecules, as_molecules
+from ..schema import MAX_MODEL_ATOMS, Elements, Int, IntArray, Schema, fail
 from .base import Representation
 from .registry import register_representation
 
@@ -197,6 +198,11 @@ class BagOfBonds(Representation):
                 out[(int(z[a]), int(z[b]))] = slice(s, s + int(N[a] * N[b]))
         return out
 
+    @classmethod
+    def model_file_schema(cls) -> Schema:
+        """The fields a model file holds for a BagOfBonds, and their checks (:mod:`molkrr.schema`)."""
+        return _SCHEMA
+
     # ------------------------------------------------------------------ internals
     def _prepare(self, mols: Molecules):
         """Check elements and bag counts; return (bag-order element index per atom, layout)."""
@@ -230,6 +236,30 @@ class BagOfBonds(Representation):
                 f"but the BagOfBonds bag holds {int(self.bag_sizes_[a])}; refit on larger molecules or pass "
                 f"larger bag_sizes (fitted: {dict(zip(_symbol_list(self.elements_), self.bag_sizes_.tolist()))})"
             )
+
+
+# ---------------------------------------------------------------------- model files
+def _check_bag_sizes(sizes, where, node) -> None:
+    elements = node.fitted["elements_"]
+    if sizes.shape != elements.shape:
+        raise fail(where, f"has {sizes.size} entries for {elements.size} elements")
+
+
+def _check_n_features(n_features, where, node) -> None:
+    expected = int(_layout(node.fitted["elements_"], node.fitted["bag_sizes_"])[3])
+    if n_features != expected:
+        raise fail(where, f"is {n_features}, but these bags hold {expected} features")
+
+
+_SCHEMA = Schema(
+    params={"bag_padding": Int(0, MAX_MODEL_ATOMS)},
+    params_check=lambda est: _parse_params(est.elements, est.bag_sizes),
+    fitted={
+        "elements_": Elements(),
+        "bag_sizes_": IntArray(0, MAX_MODEL_ATOMS, then=_check_bag_sizes),
+        "n_features_": Int(1, then=_check_n_features),
+    },
+)
 
 
 # ---------------------------------------------------------------------- helpers

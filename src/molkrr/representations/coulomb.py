@@ -52,6 +52,7 @@ from ..errors import (
     RepresentationSizeError,
 )
 from ..molecules import MIN_INTERATOMIC_DISTANCE, Molecules, as_molecules
+from ..schema import MAX_MODEL_ATOMS, Choice, Int, Schema, fail
 from .base import Representation
 from .registry import register_representation
 
@@ -226,6 +227,11 @@ class CoulombMatrix(Representation):
             out.append(J)
         return out
 
+    @classmethod
+    def model_file_schema(cls) -> Schema:
+        """The fields a model file holds for a CoulombMatrix, and their checks (:mod:`molkrr.schema`)."""
+        return _SCHEMA
+
     # ------------------------------------------------------------------ helpers
     def _check_params(self) -> None:
         check_choice(self.variant, "variant", VARIANTS)
@@ -278,6 +284,26 @@ class CoulombMatrix(Representation):
         else:
             gamma[:, ta, tb] = G[:, : len(ta)]
         return gamma
+
+
+# ------------------------------------------------------------------ model files
+def _check_size(size_, where, node) -> None:
+    size = node.params["size"]
+    if size is not None and size_ != size:
+        raise fail(where, f"is {size_} but the parameter size is {size}")
+
+
+def _check_n_features(n_features, where, node) -> None:
+    variant, size_ = node.params["variant"], node.fitted["size_"]
+    expected = size_ if variant == "eigenvalues" else size_ * (size_ + 1) // 2
+    if n_features != expected:
+        raise fail(where, f"is {n_features}, but a {variant} Coulomb matrix of size_={size_} has {expected} features")
+
+
+_SCHEMA = Schema(
+    params={"variant": Choice(VARIANTS), "size": Int(1, MAX_MODEL_ATOMS, none_ok=True)},
+    fitted={"size_": Int(1, MAX_MODEL_ATOMS, then=_check_size), "n_features_": Int(1, then=_check_n_features)},
+)
 
 
 @njit(cache=True)

@@ -59,6 +59,7 @@ from sklearn.exceptions import NotFittedError
 from .._validation import check_choice, check_finite, check_int, check_positive
 from ..errors import InvalidInputError, ShapeMismatchError, UnknownElementError
 from ..molecules import MAX_ATOMIC_NUMBER, Molecules, as_molecules
+from ..schema import Int, IntArray, Schema, fail
 from .base import Representation
 from .registry import register_representation
 
@@ -620,6 +621,11 @@ class FCHL19(Representation):
             out.append(J[0] if self.form == "global" else J)
         return out
 
+    @classmethod
+    def model_file_schema(cls) -> Schema:
+        """The fields a model file holds for an FCHL19, and their checks (:mod:`molkrr.schema`)."""
+        return _SCHEMA
+
     # ------------------------------------------------------------------ helpers
     def _check_params(self) -> None:
         check_choice(self.form, "form", ("global", "atomic"))
@@ -701,3 +707,22 @@ class FCHL19(Representation):
         return (len(self.elements_), Rs2, Rs3, float(self.eta2), eta3, ang_pref, float(self.rcut),
                 float(self.acut), float(self.two_body_decay), float(self.three_body_decay), float(weight),
                 recurrence, ratio_step)
+
+
+# ------------------------------------------------------------------ model files
+def _check_elements(elements, where, node) -> None:
+    if elements.tolist() != [int(z) for z in node.params["elements"]]:
+        raise fail(where, f"{elements.tolist()} differs from the parameter elements {node.params['elements']}")
+
+
+def _check_n_features(n_features, where, node) -> None:
+    p, n_el = node.params, node.fitted["elements_"].size
+    expected = n_el * p["nRs2"] + n_el * (n_el + 1) // 2 * p["nRs3"] * 2 * p["nFourier"]
+    if n_features != expected:
+        raise fail(where, f"is {n_features}, but these FCHL19 parameters give {expected} features")
+
+
+_SCHEMA = Schema(
+    params_check=lambda est: est._check_params(),
+    fitted={"elements_": IntArray(1, MAX_ATOMIC_NUMBER, then=_check_elements), "n_features_": Int(1, then=_check_n_features)},
+)
