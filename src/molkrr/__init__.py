@@ -8,6 +8,7 @@ first used, so ``import molkrr`` loads none of their compiled kernels.
 from typing import Any as _Any
 
 from . import datasets
+from ._version import __version__
 from .backends import set_backend
 from .errors import MolkrrError
 from .kernels import make_kernel
@@ -16,15 +17,15 @@ from .model import MolecularKRR
 from .molecules import Molecules
 from .persistence import load_model, register_model_class, save_model
 from .calculator import MolkrrCalculator
+from .derivative_krr import DerivativeKRR as _DerivativeKRR
 from .metric import MLKR, MLKRR, mlkr_loss_and_grad, mlkrr_loss_and_grad
 from .representations import make_representation, representation_classes as _representation_classes
 
-__version__ = "0.1.0"
-
-# molkrr's estimators that a model file may name (representations come from their registry)
-for _cls in (KernelRidge, MolecularKRR, MLKR, MLKRR):
+# molkrr's estimators that a model file may name (representations and kernels come from their registries);
+# each declares its saved fields in model_file_schema() (molkrr.schema)
+for _cls in (KernelRidge, MolecularKRR, MLKR, MLKRR, _DerivativeKRR):
     register_model_class(_cls)
-del _cls
+del _cls, _DerivativeKRR
 
 _API = [
     "MLKR",

@@ -281,7 +281,7 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted model to ``path`` (npz + JSON header, no pickle); see :func:`molkrr.load_model`."""
-        from .persistence import save_model
+        from .persistence import save_model  # the container sits above the estimators: imported late, one way
 
         save_model(self, path)
 

@@ -2,8 +2,8 @@
 
 Two smooth global features, x = [Σ_{i<j} exp(−r_ij²/2), Σ_{i<j} Z_i Z_j / r_ij]. The registry test
 copies this file into the representations package and checks that nothing else needs an edit: the
-name appears in the registry, the class in ``molkrr`` and in the model-file allow-list, and the
-contract suite passes. It is not imported by the package itself.
+name appears in the registry, the class in ``molkrr`` and in the model-file allow-list (its fields checked
+by the schema it declares), and the contract suite passes. It is not imported by the package itself.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 from molkrr.molecules import Molecules
 from molkrr.representations.base import Representation
 from molkrr.representations.registry import register_representation
+from molkrr.schema import Int, Number, Schema
 
 
 @register_representation("pair-sums", description="Two pair sums (a worked example, not for production)")
@@ -67,3 +68,8 @@ class PairSums(Representation):
 
             raise InvalidInputError("cotangent G contains NaN or infinity")
         return [np.einsum("f,fac->ac", g, J) for g, J in zip(G, self.jacobian(mols))]
+
+    @classmethod
+    def model_file_schema(cls) -> Schema:
+        """How a model file's copy of this representation is checked on load (molkrr.schema)."""
+        return Schema(params={"width": Number(lo=0.0, lo_open=True)}, fitted={"n_features_": Int(2, 2)})
