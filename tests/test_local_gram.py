@@ -172,6 +172,16 @@ def test_model_file_without_baseline_loads_as_before(tmp_path):
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     header = json.loads(arrays.pop("__header__").tobytes().decode())
+    header["format_version"] = 2  # format 2: no per-class schema versions in the nodes
+    nodes = [header["model"]]
+    while nodes:
+        n = nodes.pop()
+        if isinstance(n, dict):
+            if "class" in n:
+                del n["schema"]
+            nodes.extend(n.values())
+        elif isinstance(n, list):
+            nodes.extend(n)
     node = header["model"]
     del node["params"]["baseline"]
     for key in ("baseline_", "baseline_elements_", "baseline_energies_"):

@@ -28,7 +28,7 @@ def krr_model() -> tuple[KernelRidge, np.ndarray]:
     return KernelRidge(kernel="matern52", sigma=1.7, lam=1e-6).fit(X, y), rng.normal(size=(9, 5))
 
 
-def _random_molecules(n: int, seed: int) -> molkrr.Molecules:
+def _random_molecules(n: int, seed: int, forces: bool = False) -> molkrr.Molecules:
     rng = np.random.default_rng(seed)
     Z, R = [], []
     for _ in range(n):
@@ -36,7 +36,8 @@ def _random_molecules(n: int, seed: int) -> molkrr.Molecules:
         pos = np.cumsum(rng.uniform(0.9, 1.3, (k, 3)) * rng.choice([-1, 1], (k, 3)), axis=0)
         Z.append(rng.choice([1, 6, 7, 8], k))
         R.append(pos)
-    return molkrr.Molecules.from_list(Z, R, energies=rng.normal(size=n))
+    F = [rng.normal(size=r.shape) for r in R] if forces else None
+    return molkrr.Molecules.from_list(Z, R, energies=rng.normal(size=n), forces=F)
 
 
 @pytest.fixture(scope="module")
@@ -253,13 +254,114 @@ def test_raw_pickle_runs_no_code(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("version", [0, FORMAT_VERSION - 1, FORMAT_VERSION + 1, str(FORMAT_VERSION), None])
+@pytest.mark.parametrize("version", [0, 1, FORMAT_VERSION + 1, str(FORMAT_VERSION), None, float(FORMAT_VERSION), True])
 def test_wrong_format_version(saved, tmp_path, version):
     header = _header(saved)
     header["format_version"] = version
     out = str(tmp_path / "v.npz")
     _rewrite(saved, out, header=header)
-    _load_fails(out, "version")
+    _load_fails(out, "version .* is not supported")
+
+
+# ---------------------------------------------------------------------------------------- format versions
+GOOD = os.path.join(os.path.dirname(__file__), "data", "inputs", "good")
+GOOD_MODELS = sorted(f for f in os.listdir(GOOD) if f.endswith(".npz"))
+
+
+def _nodes(tree):
+    """Every estimator node of a header's model tree."""
+    if isinstance(tree, dict):
+        if "class" in tree:
+            yield tree
+        for v in tree.values():
+            yield from _nodes(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _nodes(v)
+
+
+def _as_format_2(header: dict) -> dict:
+    """The header as molkrr wrote it before per-class schema versions (format 2)."""
+    header = copy.deepcopy(header)
+    header["format_version"] = 2
+    for node in _nodes(header["model"]):
+        del node["schema"]
+    return header
+
+
+def test_format_3_nodes_record_their_schema_version(mol_model, tmp_path):
+    path = str(tmp_path / "mol.npz")
+    save_model(mol_model, path)
+    nodes = list(_nodes(_header(path)["model"]))
+    assert {n["class"] for n in nodes} == {"MolecularKRR", "CoulombMatrix", "KernelRidge"}
+    allowed = molkrr.persistence.allowed_classes()
+    for n in nodes:
+        assert set(n) == {"class", "schema", "params", "fitted"}
+        assert n["schema"] == allowed[n["class"]].model_file_schema().version == 1
+
+
+@pytest.mark.parametrize("name", GOOD_MODELS)
+def test_format_2_files_load_and_resave_as_format_3(name, tmp_path):
+    old = os.path.join(GOOD, name)
+    assert _header(old)["format_version"] == 2
+    model = load_model(old)
+    path = str(tmp_path / name)
+    save_model(model, path)
+    assert _header(path)["format_version"] == FORMAT_VERSION == 3
+    again = load_model(path)
+    assert type(again) is type(model) and again.get_params().keys() == model.get_params().keys()
+    if isinstance(model, KernelRidge):
+        X = np.random.default_rng(0).normal(size=(4, model.n_features_in_))
+        assert np.array_equal(again.predict(X), model.predict(X))
+    else:
+        from molkrr.datasets import read_xyz
+
+        query = read_xyz(os.path.join(GOOD, "query.xyz"))
+        assert np.array_equal(again.predict(query), model.predict(query))
+    # and back: the same content written as format 2 reads the same
+    back = str(tmp_path / "back.npz")
+    _rewrite(path, back, header=_as_format_2(_header(path)))
+    assert type(load_model(back)) is type(model)
+
+
+def test_format_2_files_lacking_later_parameters_read_as_they_were_fitted(tmp_path):
+    """Format 2 files written before MolecularKRR had ``baseline`` and ``n_sparse``: the values that reproduce
+    them; a format 3 file must name every parameter."""
+    old = os.path.join(GOOD, "model_cm.npz")
+    assert not {"baseline", "n_sparse"} & set(_header(old)["model"]["params"])
+    model = load_model(old)
+    assert model.baseline == "mean" and model.n_sparse is None and not hasattr(model, "baseline_")
+    path = str(tmp_path / "m.npz")
+    save_model(model, path)
+    header = _header(path)
+    assert header["model"]["params"]["baseline"] == "mean" and header["model"]["params"]["n_sparse"] is None
+    del header["model"]["params"]["baseline"]
+    out = str(tmp_path / "lacks.npz")
+    _rewrite(path, out, header=header)
+    _load_fails(out, r"lacks MolecularKRR parameters \['baseline'\]")
+
+
+def test_the_header_version_must_match_the_nodes(saved, tmp_path):
+    header = _header(saved)
+    header["format_version"] = 2  # format 3 nodes under a format 2 header
+    out = str(tmp_path / "v2.npz")
+    _rewrite(saved, out, header=header)
+    _load_fails(out, "format version 2")
+    header = _as_format_2(_header(saved))
+    header["format_version"] = 3  # format 2 nodes under a format 3 header
+    _rewrite(saved, out, header=header)
+    _load_fails(out, "'schema'.*format version 3")
+
+
+@pytest.mark.parametrize("schema", [0, -1, 2, "1", None, True, 1.5])
+def test_node_schema_version(mol_model, tmp_path, schema):
+    path = str(tmp_path / "mol.npz")
+    save_model(mol_model, path)
+    header = _header(path)
+    header["model"]["fitted"]["representation_"]["__estimator__"]["schema"] = schema
+    out = str(tmp_path / "s.npz")
+    _rewrite(path, out, header=header)
+    _load_fails(out, "representation_: CoulombMatrix schema version .* is not one this molkrr reads")
 
 
 def test_wrong_format_name(saved, tmp_path):
@@ -360,3 +462,21 @@ def test_object_array_of_non_strings_is_not_saved(krr_model, tmp_path):
     model.extra_ = np.array([{"x": 1}], dtype=object)
     with pytest.raises(TypeError, match="object arrays"):
         save_model(model, tmp_path / "o.npz")
+
+
+def test_derivative_krr_must_be_fitted(tmp_path):
+    """A force-trained model keeps a DerivativeKRR in krr_; one without its fitted attributes is refused."""
+    mols = _random_molecules(12, seed=4, forces=True)
+    model = molkrr.MolecularKRR(molkrr.CoulombMatrix(variant="unsorted"), sigma=20.0, lam=1e-6, lam_forces=1e-4,
+                                targets="energy+forces").fit(mols)
+    path = str(tmp_path / "forces.npz")
+    save_model(model, path)
+    assert np.array_equal(load_model(path).predict(mols), model.predict(mols))
+    header = _header(path)
+    node = header["model"]["fitted"]["krr_"]["__estimator__"]
+    assert node["class"] == "DerivativeKRR"
+    drop = tuple(v["__array__"] for v in node["fitted"].values() if isinstance(v, dict))
+    node["fitted"] = {}
+    out = str(tmp_path / "unfitted.npz")
+    _rewrite(path, out, header=header, drop=drop)
+    _load_fails(out, "krr_: must be a fitted DerivativeKRR")

@@ -2,11 +2,12 @@
 
 The npz member ``__header__`` is the UTF-8 JSON header (a uint8 array)::
 
-    {"format": "molkrr-model", "format_version": 2, "molkrr_version": "...",
-     "model": {"class": "MolecularKRR", "params": {...}, "fitted": {...}}}
+    {"format": "molkrr-model", "format_version": 3, "molkrr_version": "...",
+     "model": {"class": "MolecularKRR", "schema": 1, "params": {...}, "fitted": {...}}}
 
-A node holds its class's ``get_params(deep=False)`` and its fitted attributes (names ending in ``_``);
-arrays are ``{"__array__": "a3"}`` references to npz members, nested estimators are nodes.
+A node holds its class's ``get_params(deep=False)``, its fitted attributes (names ending in ``_``) and the
+version of the class's saved fields (``schema``); arrays are ``{"__array__": "a3"}`` references to npz
+members, nested estimators are nodes. Format 2 (no ``schema``) is still read.
 
 This module is the container and knows no estimator: :func:`load_model` bounds every archive member
 before reading it (size, compression, ``.npy`` header), checks the header (format, version, depth),
@@ -34,11 +35,12 @@ from .errors import InputTypeError, InvalidInputError, ModelFileError
 from .schema import Node, one_line, schema_of, show
 
 FORMAT = "molkrr-model"
-#: 2: MolecularKRR records the elements it was trained on (``elements_``); version 1 files lack them and are
-#: refused (retrain, or see :func:`molkrr.applicability.allow_elements`).
-FORMAT_VERSION = 2
+#: 3: each node records its class's schema version (``schema``). 2: MolecularKRR records the elements it was
+#: trained on (``elements_``); version 1 files lack them and are refused (retrain, or see
+#: :func:`molkrr.applicability.allow_elements`).
+FORMAT_VERSION = 3
 #: The format versions :func:`load_model` reads (a node of a format 2 file is read as schema version 0).
-READS = (2,)
+READS = (2, 3)
 HEADER_KEY = "__header__"
 
 
@@ -65,9 +67,8 @@ _READ_CHUNK = 16 << 20
 def save_model(estimator: Any, path: str | os.PathLike) -> None:
     """Write a fitted molkrr estimator to ``path`` atomically (temporary file, then rename).
 
-    Raises InputTypeError (a TypeError) for an unfitted estimator or an object that is not a molkrr
-    estimator, and InvalidInputError for a model that :func:`load_model` would refuse (e.g. NaN
-    coefficients): what is written always loads.
+    Raises InputTypeError (a TypeError) for an unfitted estimator or an object that is not a molkrr estimator,
+    and InvalidInputError for a model that :func:`load_model` would refuse (e.g. NaN coefficients).
     """
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
@@ -95,7 +96,7 @@ def _encode_estimator(est: Any, arrays: dict[str, np.ndarray]) -> dict:
         raise InputTypeError(f"cannot save a {type(est).__module__}.{cls}: only molkrr estimators are saved")
     params = {k: _encode_value(v, arrays, f"{cls}.{k}") for k, v in est.get_params(deep=False).items()}
     fitted = {k: _encode_value(v, arrays, f"{cls}.{k}") for k, v in vars(est).items() if _is_fitted_name(k)}
-    return {"class": cls, "params": params, "fitted": fitted}
+    return {"class": cls, "schema": schema_of(type(est)).version, "params": params, "fitted": fitted}
 
 
 def _encode_value(v: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
@@ -129,7 +130,7 @@ def _encode_value(v: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
 
 # ----------------------------------------------------------------------------- load
 def load_model(path: str | os.PathLike, kind: type | None = None) -> Any:
-    """Read and validate a model written by :func:`save_model`.
+    """Read and validate a model written by :func:`save_model` (format 3, or format 2 of earlier molkrr).
 
     kind : a class (e.g. :class:`molkrr.MolecularKRR`) the file must hold; None accepts any molkrr estimator.
 
@@ -310,14 +311,21 @@ class _Decoder:
     def estimator(self, node: Any, where: str, depth: int) -> Any:
         if depth > MAX_DEPTH:
             raise ModelFileError(f"{where}: nested more than {MAX_DEPTH} levels deep")
-        if not isinstance(node, dict) or set(node) != {"class", "params", "fitted"}:
+        keys = ("class", "schema", "params", "fitted") if self.format_version >= 3 else ("class", "params", "fitted")
+        if not isinstance(node, dict) or set(node) != set(keys):
             got = sorted(node) if isinstance(node, dict) else type(node).__name__
-            raise ModelFileError(f"{where}: an estimator node needs exactly 'class', 'params' and 'fitted', got {got}")
+            raise ModelFileError(f"{where}: an estimator node needs exactly {', '.join(map(repr, keys[:-1]))} and "
+                                 f"'fitted', got {got} (model file format version {self.format_version})")
         name = node["class"]
         if not isinstance(name, str) or name not in self.classes:
             raise ModelFileError(f"{where}: model file names class {show(name)}, which is not a molkrr estimator")
         cls = self.classes[name]
-        schema, version = schema_of(cls), 0  # format 2: nodes record no schema version
+        schema = schema_of(cls)
+        version = node.get("schema", 0)  # format 2: before per-class versions
+        if self.format_version >= 3 and (type(version) is not int or not 1 <= version <= schema.version):
+            newer = "; a file of a newer molkrr?" if type(version) is int and version > schema.version else ""
+            raise ModelFileError(f"{where}: {name} schema version {show(version)} is not one this molkrr reads "
+                                 f"(1..{schema.version}{newer})")
         if not isinstance(node["params"], dict) or not isinstance(node["fitted"], dict):
             raise ModelFileError(f"{where}: 'params' and 'fitted' must be JSON objects")
         defaults = schema.defaults(cls, node["params"], version, where)  # refuses unknown and missing parameters
