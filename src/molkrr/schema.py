@@ -247,8 +247,9 @@ def _bind(node: Node, dims: tuple, shape: tuple) -> None:
 class Schema:
     """The saved fields of one class and their checks (see the module docstring for the order).
 
-    version : the version of this class's saved fields, written with each node; raise it when a
-        parameter or fitted attribute is added, and list the parameter in ``added``.
+    version : the version of this class's saved fields, written with each node; raise it when they
+        change: list an added parameter in ``added``, declare an added fitted attribute with
+        ``required=False`` (older files lack it).
     added : parameter → (the version that added it, the value that reproduces how nodes of older
         versions were fitted). Nodes older than that version may lack the parameter. Version 0 stands
         for files of model format 2, which record no per-class version.
