@@ -7,6 +7,7 @@ import pytest
 
 from molkrr.errors import InvalidInputError, ModelFileError
 from molkrr.metric import MLKRR
+from molkrr.persistence import load_model, save_model
 
 
 def problem(n=120, n_val=60, seed=0):
@@ -81,7 +82,7 @@ def test_stochastic_validation_is_a_krr_on_one_fixed_reference_batch():
     np.testing.assert_array_equal(MLKRR().reference_rows(30, 0), np.arange(30))
 
 
-def test_early_stopping_keeps_the_best_validated_components_and_patience_stops():
+def test_early_stopping_keeps_the_best_validated_components_and_patience_stops(tmp_path):
     X, y, Xv, yv = problem()
     kept = {}
 
@@ -95,6 +96,10 @@ def test_early_stopping_keeps_the_best_validated_components_and_patience_stops()
     best_it = min(kept, key=lambda i: kept[i][0])
     assert est.best_iteration_ == best_it and est.best_val_mae_ == kept[best_it][0]
     np.testing.assert_array_equal(est.components_, kept[best_it][1])
+    save_model(est, tmp_path / "early.npz")  # where the components were taken is saved with them
+    back = load_model(tmp_path / "early.npz")
+    assert back.best_iteration_ == best_it and back.best_val_mae_ == est.best_val_mae_
+    np.testing.assert_array_equal(back.transform(Xv), est.transform(Xv))
 
     # patience: stop after that many validation points without improvement (a forced plateau here)
     vals = iter([3.0, 2.0, 2.5, 2.6, 2.7, 1.0] + [0.5] * 100)

@@ -187,6 +187,8 @@ _SCHEMA = Schema(
         "seed_": Int(0, required=False),
         "y_offset_": Number(required=False),
         "history_": Custom(_check_history, required=False),
+        "best_iteration_": Int(0, required=False),  # early stopping: where the fitted A was taken
+        "best_val_mae_": Number(lo=0.0, required=False),
     },
 )
 
