@@ -301,7 +301,9 @@ def model_cases(good: dict[str, Path]) -> None:
 
     mutate("format_missing", lambda h, a: h.pop("format"), "not a molkrr model")
     mutate("format_pickle", lambda h, a: h.update(format="pickle"), "not a molkrr model")
-    for v in (1, 3, "2", None, 2.0, True):
+    from molkrr.persistence import FORMAT_VERSION  # the good models are written in this version
+
+    for v in (1, FORMAT_VERSION - 1, FORMAT_VERSION + 1, str(FORMAT_VERSION), None, float(FORMAT_VERSION), True):
         mutate(f"format_version_{v!r}".replace("'", ""), lambda h, a, v=v: h.update(format_version=v), "version")
     mutate("model_missing", lambda h, a: h.pop("model"))
     mutate("top_level_representation", lambda h, a: [h.update(model=node(h, "representation_")), a.clear()],
