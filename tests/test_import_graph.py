@@ -33,9 +33,6 @@ KNOWN_CYCLES = {
     # issue 19 item 3: KernelRidge keeps the Cholesky factor for uncertainty.py (fit, predict with
     # return_std), and uncertainty.py reads KernelRidge models
     frozenset({"molkrr.krr", "molkrr.uncertainty"}),
-    # issue 19 item 3: derivative_krr.py builds its local Gram matrices with local_gram.py, which borrows
-    # derivative_krr's worker count and single-threaded BLAS context
-    frozenset({"molkrr.derivative_krr", "molkrr.local_gram"}),
 }
 
 

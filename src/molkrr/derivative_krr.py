@@ -59,6 +59,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from ._threads import N_WORKERS, map_in_threads, single_threaded_blas
 from .element_basis import ElementBasis, fit_element_basis
 from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
 from .kernels import Kernel, make_kernel
@@ -79,7 +80,7 @@ SMALL_QUERY_ROWS = 64
 #: a large model is two long GEMMs, faster on all cores).
 SMALL_MODEL_ELEMENTS = 1_000_000
 #: Threads that build Gram blocks concurrently (each with single-threaded BLAS).
-_N_WORKERS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
+_N_WORKERS = N_WORKERS  # molkrr._threads
 #: Relative singular value below which a rigid-motion vector is dependent (linear molecules).
 _RIGID_RTOL = 1e-8
 
@@ -784,30 +785,15 @@ class _ElementModel:
     pw: np.ndarray | None
 
 
-_CONTROLLER = None
-
-
-def single_threaded_blas():
-    """Context: BLAS on one thread (many small products; threaded BLAS mostly waits on its own threads)."""
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
-
-
 def _run_parallel(run: Any, tasks: list, *, small: bool = False) -> None:
     """run(task) for every task: spread over the cores with one BLAS thread each (the elementwise kernel
     work runs in parallel too); in the calling thread when there is one task or ``small``."""
-    if small or _N_WORKERS == 1 or len(tasks) < 2:
+    if small:
         for t in tasks:
             run(t)
         return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with single_threaded_blas(), ThreadPoolExecutor(_N_WORKERS) as pool:
-        list(pool.map(run, tasks))
+    for _ in map_in_threads(run, tasks):
+        pass
 
 
 def _per_molecule(env: Environments, e: np.ndarray) -> np.ndarray:

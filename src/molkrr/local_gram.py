@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ._threads import map_in_threads
 from .kernels import Kernel
 from .kernels.base import StationaryKernel
 
@@ -116,17 +117,8 @@ def local_kernel_matrices(kernels: Sequence[Kernel], A: Any, B: Any = None, *,
             sums.append(np.add.reduceat(np.add.reduceat(Kab, sa, axis=0), sb, axis=1))
         return ma, mb, sums
 
-    from .derivative_krr import _N_WORKERS, single_threaded_blas
-
     # blocks are computed in parallel but added in task order: the sums (and a fit) are the same bits every run
-    with single_threaded_blas():
-        if _N_WORKERS > 1 and len(tasks) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(_N_WORKERS) as pool:
-                _accumulate(out, tasks, pool.map(run, tasks))
-        else:
-            _accumulate(out, tasks, map(run, tasks))
+    _accumulate(out, tasks, map_in_threads(run, tasks))
     if symmetric:
         for K in out:
             symmetrize(K)
