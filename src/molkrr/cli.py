@@ -20,6 +20,7 @@ import numpy as np
 from .errors import MolkrrError, SplitSizeError
 from .kernels import KERNELS
 from .representations import REPRESENTATIONS, representation_names
+from .solvers.registry import solver_names
 
 CHUNK = 1000  # molecules per progress-bar step
 #: Exit status for an unexpected exception (a bug), after its traceback: EX_SOFTWARE of sysexits.h.
@@ -166,7 +167,7 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), help="Kernel width; selected automatically if omitted.")
 @click.option("--lam", type=click.FloatRange(min=0), help="Ridge; selected with sigma if omitted.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--solver", type=click.Choice(["auto", "cholesky", "falkon"]), default="auto", show_default=True,
+@click.option("--solver", type=click.Choice(solver_names(include_auto=True)), default="auto", show_default=True,
               help="Exact Cholesky, or Nyström + preconditioned CG (falkon) for large n; auto: exact while it fits.")
 @click.option("--n-centers", type=click.IntRange(1), default=None, help="Nyström centres for --solver falkon.")
 @click.option("--n-sparse", type=click.IntRange(1), default=None,

@@ -650,8 +650,10 @@ def _check_kernel(f: _Fields) -> None:
 
 def _check_solver_params(f: _Fields) -> None:
     """The large-n solver's parameters (molkrr.solvers.falkon), where the class has them."""
+    from .solvers.registry import solver_names
+
     if "solver" in f.params:
-        _choice(*f.p("solver"), ("auto", "cholesky", "falkon"))
+        _choice(*f.p("solver"), solver_names(include_auto=True))
     if "n_centers" in f.params:
         _integer(*f.p("n_centers"), 1, none=True)
     if "cg_tol" in f.params:
@@ -675,7 +677,9 @@ def _check_kernel_ridge(f: _Fields) -> None:
         return
     solver_used, where = f.f("solver_", required=False)
     if solver_used is not _ABSENT:
-        _choice(solver_used, where, ("cholesky", "falkon"))
+        from .solvers.registry import solver_names
+
+        _choice(solver_used, where, solver_names())
     n_iter, where = f.f("n_iter_", required=False)
     if n_iter is not _ABSENT:
         _integer(n_iter, where, 0)
