@@ -143,10 +143,10 @@ def check_targets(y: Any, name: str = "energies") -> np.ndarray:
 
 def check_model_params(model: Any) -> None:
     """The constructor parameters of a :class:`~molkrr.MolecularKRR`, checked before any work in ``fit``."""
-    from .kernels import KERNELS
+    from .kernels import kernel_names
 
     if isinstance(model.kernel, str):  # a kernel object checks its own parameters
-        check_choice(model.kernel, "kernel", sorted(KERNELS))
+        check_choice(model.kernel, "kernel", kernel_names())
     if model.sigma is not None:
         check_positive(model.sigma, "sigma")
     if model.lam is not None:

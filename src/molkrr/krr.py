@@ -1,8 +1,9 @@
 """Kernel ridge regression on feature matrices, and selection of (σ, λ).
 
-The model is ŷ(x) = ȳ + Σ_m α_m k(x, x_m) with α = (K + λI)⁻¹ (y − ȳ), solved by Cholesky
-(:mod:`molkrr.linalg`); ȳ is the training mean when ``center=True`` and 0 otherwise. Kernels and
-the σ convention are those of :mod:`molkrr.kernels`.
+The model is ŷ(x) = ȳ + Σ_m α_m k(x, x_m) with α = (K + λI)⁻¹ (y − ȳ), found by a solver of the
+registry (:mod:`molkrr.solvers.registry`; the exact one is a Cholesky, :mod:`molkrr.solvers.cholesky`);
+ȳ is the training mean when ``center=True`` and 0 otherwise. Kernels and the σ convention are those of
+:mod:`molkrr.kernels`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from ._validation import as_molkrr_error
 from .backends import get_backend, is_numpy
 from .errors import InvalidInputError, ShapeMismatchError
 from .kernels import Kernel, KernelField, make_kernel, squared_distances
-from .linalg import spd_factor, spd_solve
 from .schema import (MAX_ABS_COEFFICIENT, MAX_ABS_FEATURE, Bool, Choice, Custom, FloatArray, Int, Number, Schema, Sigma,
                      Text, fail, float_array, number)
 
@@ -44,11 +44,13 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         Ridge added to the kernel diagonal (λ ≥ 0).
     center : bool
         Subtract the training mean of y before solving (and add it back in ``predict``).
-    solver : {'auto', 'cholesky', 'falkon'}
-        'cholesky': the exact n×n solve. 'falkon': Nyström KRR over ``n_centers`` random training rows by
-        preconditioned CG (:mod:`molkrr.solvers.falkon`), never n×n; the fitted model has the same form
-        (``X_fit_`` holds the centres), so predictions, forces and model files work unchanged. 'auto':
-        'cholesky' while an n×n float64 matrix fits comfortably (:func:`molkrr.solvers.falkon.auto_solver`).
+    solver : {'auto', 'cholesky', 'falkon'} or another registered name
+        A name of the solver registry (:func:`molkrr.solvers.registry.solver_names`).
+        'cholesky': the exact n×n solve (:mod:`molkrr.solvers.cholesky`). 'falkon': Nyström KRR over
+        ``n_centers`` random training rows by preconditioned CG (:mod:`molkrr.solvers.falkon`), never n×n; the
+        fitted model has the same form (``X_fit_`` holds the centres), so predictions, forces and model files
+        work unchanged. 'auto': 'cholesky' while an n×n float64 matrix fits comfortably, else 'falkon'
+        (:func:`molkrr.solvers.registry.resolve_solver`).
     n_centers : int, optional
         Nyström centres m for 'falkon' (default :func:`molkrr.solvers.falkon.default_n_centers`).
     cg_tol, cg_max_iter : CG stopping rule of 'falkon' (relative residual of the preconditioned system).
@@ -113,28 +115,24 @@ class KernelRidge(RegressorMixin, BaseEstimator):
 
         forget_factor(self)
         self.y_mean_ = np.mean(y, axis=0) if self.center else np.zeros(y.shape[1:])
-        # ---- solver choice (large-n solver: molkrr.solvers.falkon)
-        from .solvers.falkon import auto_solver, fit_falkon
+        # ---- the solver, by name (molkrr.solvers.registry: 'cholesky', 'falkon', and any registered module)
+        from .solvers.registry import resolve_solver
 
-        self.solver_ = auto_solver(self.solver, X.shape[0])
+        spec = resolve_solver(self.solver, X.shape[0])
+        for name in spec.params:
+            if not hasattr(self, name):
+                raise InvalidInputError(
+                    f"solver {spec.name!r} reads the parameter {name!r}, which {type(self).__name__} does not have"
+                )
+        self.solver_ = spec.name
         be = get_backend(self.backend, self.device)
-        if self.solver_ == "falkon":
-            if not is_numpy(be):
-                raise InvalidInputError("solver='falkon' runs on the numpy backend only (backend='numpy')")
-            self.X_fit_, self.alpha_, self.n_iter_ = fit_falkon(self, kernel, X, y - self.y_mean_, progress=progress)
-            self.lam_ = float(self.lam)
-            self._train_sq_norms()
-            return self
-        # ---- exact solver
-        if not is_numpy(be):  # compute backend (issue 13)
-            self.alpha_, self.lam_ = be.krr_fit(kernel, X, y - self.y_mean_, float(self.lam))
-        else:
-            L, self.lam_ = spd_factor(lambda: kernel(X), float(self.lam))
-            self.alpha_ = spd_solve(L, y - self.y_mean_)
-        self.X_fit_ = X
+        result = spec.fit(self, kernel, X, y - self.y_mean_, backend=be, progress=progress)
+        self.X_fit_, self.alpha_, self.lam_ = result.X_fit, result.alpha, result.lam
+        for name, value in result.attributes.items():
+            setattr(self, name, value)
         self._train_sq_norms()
-        if is_numpy(be):
-            remember_factor(self, L)  # kept for predict(return_std=True) (molkrr.uncertainty), never saved
+        if result.factor is not None:
+            remember_factor(self, result.factor)  # kept for predict(return_std=True) (molkrr.uncertainty), never saved
         return self
 
     def predict(self, X: Any, return_std: bool = False) -> Any:
@@ -235,9 +233,25 @@ class KernelRidge(RegressorMixin, BaseEstimator):
 
 
 # ----------------------------------------------------------------------------- model files
+class _RegisteredSolvers:
+    """The solver names of :mod:`molkrr.solvers.registry`, read when a model file is checked (a solver module
+    added later is accepted without touching this file)."""
+
+    def __init__(self, include_auto: bool) -> None:
+        self.include_auto = include_auto
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.__iter__()
+
+    def __iter__(self):
+        from .solvers.registry import solver_names
+
+        return iter(solver_names(include_auto=self.include_auto))
+
+
 #: The solver's and the backend's parameters (molkrr.solvers.falkon, molkrr.backends) as model files check them.
 SOLVER_PARAMS = {
-    "solver": Choice(("auto", "cholesky", "falkon")),
+    "solver": Choice(_RegisteredSolvers(include_auto=True)),
     "n_centers": Int(1, none_ok=True),
     "cg_tol": Number(lo=0.0, lo_open=True),
     "cg_max_iter": Int(1),
@@ -286,7 +300,7 @@ _SCHEMA = Schema(
     params={"kernel": KernelField(), "sigma": Sigma(none_ok=True), "lam": Number(lo=0.0), "center": Bool(),
             **SOLVER_PARAMS},
     fitted={
-        "solver_": Choice(("cholesky", "falkon"), required=False),
+        "solver_": Choice(_RegisteredSolvers(include_auto=False), required=False),
         "n_iter_": Int(0, required=False),
         "X_fit_": FloatArray(2, dims=("n", "d"), max_abs=MAX_ABS_FEATURE, then=_check_x_fit),
         "alpha_": FloatArray((1, 2), dims=("n",), max_abs=MAX_ABS_COEFFICIENT),

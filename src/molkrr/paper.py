@@ -144,7 +144,7 @@ def load_paper_data(scale: PaperScale, seed: int, cache_dir: Path, log: Callable
 
 # ------------------------------------------------------------------------------------------- KRR
 def _median_distance(X: np.ndarray) -> float:
-    from .kernels.blocks import squared_distances
+    from .kernels import squared_distances
 
     sub = X[np.random.default_rng(0).choice(X.shape[0], size=min(X.shape[0], 1000), replace=False)]
     d2 = squared_distances(sub, sub)[np.triu_indices(sub.shape[0], 1)]

@@ -123,9 +123,13 @@ def _solve_lower(L: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 def _check_krr(krr: Any) -> None:
     check_is_fitted(krr)
-    if getattr(krr, "solver_", "cholesky") == "falkon":
+    from .solvers.registry import get_solver
+
+    solver = get_solver(getattr(krr, "solver_", "cholesky"))
+    if not solver.exact:  # e.g. 'falkon': α over centres, not the GP posterior's (K + λI)⁻¹ y
         raise UncertaintyNotSupportedError(
-            "predictive std is not supported yet for solver='falkon' (Nyström KRR): fit with solver='cholesky'"
+            f"predictive std is not supported yet for solver={solver.name!r} ({solver.description}): "
+            "fit with solver='cholesky'"
         )
 
 

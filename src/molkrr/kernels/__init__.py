@@ -68,6 +68,11 @@ def make_kernel(kernel: "str | Kernel", sigma: float | None = None) -> Kernel:
     raise InvalidInputError(f"kernel must be a name ({sorted(KERNELS)}) or a molkrr kernel object, got {kernel!r}")
 
 
+def kernel_names() -> list[str]:
+    """The registered kernel names, sorted (``make_kernel``'s names, the CLI's ``--kernel`` choices)."""
+    return sorted(KERNELS)
+
+
 def kernel_classes() -> list[type]:
     """The classes of every registered kernel (what model files may name)."""
     classes: list[type] = []
@@ -110,6 +115,7 @@ __all__ = [
     "StationaryKernel",
     "kernel_classes",
     "kernel_name",
+    "kernel_names",
     "make_kernel",
     "register",
     "squared_distances",

@@ -43,6 +43,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from ..errors import InvalidInputError, NumericalError, ShapeMismatchError
+from .registry import SolverFit, register_solver
 
 #: Default relative residual tolerance of the preconditioned CG (see the module docstring).
 DEFAULT_TOL = 1e-6
@@ -402,9 +403,17 @@ __all__: Sequence[str] = (
 # ----------------------------------------------------------------------------- KernelRidge hook
 #: ``solver='auto'`` uses the exact solver up to this many training rows ...
 AUTO_MAX_EXACT_N = 20_000
-#: ... and while one n×n float64 matrix takes at most this fraction of the physical memory.
+#: ... and while one n×n float64 matrix takes at most this fraction of the physical memory; beyond, FALKON
+#: (its ``auto_when`` in the solver registry, :mod:`molkrr.solvers.registry`).
 AUTO_MEMORY_FRACTION = 0.25
-SOLVERS = ("auto", "cholesky", "falkon")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SOLVERS":  # ("auto", "cholesky", "falkon", ...): kept for callers, read from the solver registry
+        from .registry import solver_names
+
+        return solver_names(include_auto=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def physical_memory_bytes() -> int | None:
@@ -415,15 +424,19 @@ def physical_memory_bytes() -> int | None:
         return None
 
 
-def auto_solver(solver: str, n: int) -> str:
-    """The solver ``KernelRidge(solver=...)`` uses for n training rows: 'cholesky' or 'falkon'."""
-    if solver not in SOLVERS:
-        raise InvalidInputError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
-    if solver != "auto":
-        return solver
+def exact_fits(n: int) -> bool:
+    """Whether the exact solver's n×n float64 matrix fits comfortably (:data:`AUTO_MAX_EXACT_N`,
+    :data:`AUTO_MEMORY_FRACTION`)."""
     mem = physical_memory_bytes()
-    fits = n <= AUTO_MAX_EXACT_N and (mem is None or 8.0 * n * n <= AUTO_MEMORY_FRACTION * mem)
-    return "cholesky" if fits else "falkon"
+    return n <= AUTO_MAX_EXACT_N and (mem is None or 8.0 * n * n <= AUTO_MEMORY_FRACTION * mem)
+
+
+def auto_solver(solver: str, n: int) -> str:
+    """The solver ``KernelRidge(solver=...)`` uses for n training rows (:func:`molkrr.solvers.registry.resolve_solver`):
+    'cholesky' or 'falkon' for 'auto'."""
+    from .registry import resolve_solver
+
+    return resolve_solver(solver, n).name
 
 
 def fit_falkon(
@@ -440,3 +453,18 @@ def fit_falkon(
         kernel, X, y, float(est.lam), C, tol=float(est.cg_tol), max_iter=int(est.cg_max_iter), progress=progress
     )
     return C, result.alpha, result.n_iter
+
+
+def _fit_kernel_ridge(est: Any, kernel: Callable, X: np.ndarray, y: np.ndarray, *, backend: Any,
+                      progress: bool = False) -> SolverFit:
+    """The registry's fit function (:mod:`molkrr.solvers.registry`): :func:`fit_falkon`, numpy backend only."""
+    from ..backends import is_numpy
+
+    if not is_numpy(backend):
+        raise InvalidInputError("solver='falkon' runs on the numpy backend only (backend='numpy')")
+    C, alpha, n_iter = fit_falkon(est, kernel, X, y, progress=progress)
+    return SolverFit(X_fit=C, alpha=alpha, lam=float(est.lam), attributes={"n_iter_": n_iter})
+
+
+register_solver("falkon", _fit_kernel_ridge, params=("n_centers", "cg_tol", "cg_max_iter", "random_state"),
+                description="Nyström KRR", auto_when=lambda n: not exact_fits(n))

@@ -1,0 +1,5 @@
+"""``python -m molkrr.cli``: the ``molkrr`` command."""
+
+from . import main
+
+main()
