@@ -125,9 +125,11 @@ def test_mlkrr_blocked_path_large_alpha_set():
     assert loss == pytest.approx(brute_mlkrr(A, Xa, ya, XA, yA, 1.0, 1e-3), rel=1e-8)
     for k in range(2):  # directional derivatives
         D = rng.standard_normal(A.shape)
-        h = 1e-6
-        fd = (mlkrr_loss_and_grad(A + h * D, Xa, ya, XA, yA, 1.0, 1e-3)[0]
-              - mlkrr_loss_and_grad(A - h * D, Xa, ya, XA, yA, 1.0, 1e-3)[0]) / (2 * h)
+        # five-point stencil with a larger step: round-off ε|L|/h stays far below the tolerance on any BLAS
+        # (h = 1e-6 central differences failed at 1.2e-6 relative with one OpenBLAS thread)
+        h = 1e-4
+        f = [mlkrr_loss_and_grad(A + t * h * D, Xa, ya, XA, yA, 1.0, 1e-3)[0] for t in (2, 1, -1, -2)]
+        fd = (-f[0] + 8 * f[1] - 8 * f[2] + f[3]) / (12 * h)
         assert np.sum(grad * D) == pytest.approx(fd, rel=1e-6)
 
 
