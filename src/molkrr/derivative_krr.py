@@ -66,6 +66,7 @@ from .kernels import Kernel, make_kernel
 from .kernels.base import StationaryKernel
 from .kernels.blocks import squared_distances
 from .linalg import spd_factor, spd_solve
+from .local_gram import squared_distances_on
 from .molecules import Molecules
 from .schema import (MAX_ABS_COEFFICIENT, MAX_ABS_FEATURE, Bool, Choice, Finite, FloatArray, IntArray, Number, Schema,
                      Sigma, fail)
@@ -671,11 +672,7 @@ class DerivativeKRR(BaseEstimator):
             z, qi = task
             Tz, cols, tt, a = elements[z]
             Xz = Xq[qi]
-            u = Xz[:, cols] @ Tz.T
-            u *= -2.0
-            u += np.einsum("ij,ij->i", Xz, Xz)[:, None]
-            u += tt[None, :]
-            np.maximum(u, 0.0, out=u)
+            u = squared_distances_on(Xz, Tz, np.einsum("ij,ij->i", Xz, Xz), tt, cols)
             u *= 1.0 / s2
             prof = kernel.profile(u, 1 if gradient else 0)
             e[qi] = prof[0] @ a

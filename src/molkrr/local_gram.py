@@ -97,14 +97,8 @@ def local_kernel_matrices(kernels: Sequence[Kernel], A: Any, B: Any = None, *,
         xa, xb = az.X[r0:r1], bz.X[c0:c1]
         if euclidean:
             if cols.size < xb.shape[1]:
-                xa_c, xb_c = xa[:, cols], xb[:, cols]
-            else:
-                xa_c, xb_c = xa, xb
-            D = xa_c @ xb_c.T
-            D *= -2.0
-            D += az.sqnorms[r0:r1, None]
-            D += bz.sqnorms[None, c0:c1]
-            np.maximum(D, 0.0, out=D)
+                xb = xb[:, cols]
+            D = squared_distances_on(xa, xb, az.sqnorms[r0:r1], bz.sqnorms[c0:c1], cols if cols.size < xa.shape[1] else None)
             if diagonal:
                 np.einsum("ii->i", D)[:] = 0.0  # an atom is at distance 0 from itself, exactly
         else:
@@ -123,6 +117,22 @@ def local_kernel_matrices(kernels: Sequence[Kernel], A: Any, B: Any = None, *,
         for K in out:
             symmetrize(K)
     return out
+
+
+def squared_distances_on(xa: np.ndarray, xb: np.ndarray, a_sqnorms: np.ndarray, b_sqnorms: np.ndarray,
+                         cols: np.ndarray | None = None) -> np.ndarray:
+    """‖a − b‖² (n_a, n_b) = ‖a‖² + ‖b‖² − 2 a·b, clipped at 0, with the products over ``cols`` only.
+
+    xb : B's rows on ``cols`` (all columns when None): B is zero elsewhere, so a's other columns enter
+    through its full norm ``a_sqnorms`` alone. The one distance formula of the local kernel's Gram blocks,
+    its predictions and the sparse solver's K_nm rows.
+    """
+    D = (xa if cols is None else xa[:, cols]) @ xb.T
+    D *= -2.0
+    D += a_sqnorms[:, None]
+    D += b_sqnorms[None, :]
+    np.maximum(D, 0.0, out=D)
+    return D
 
 
 def _accumulate(out: list[np.ndarray], tasks: list, results: Any) -> None:
@@ -165,4 +175,4 @@ def symmetrize(K: np.ndarray, block: int = 2048) -> None:
 
 
 __all__ = ["BLOCK_ELEMENTS", "ElementAtoms", "element_atoms", "local_kernel_matrices", "local_kernel_matrix",
-           "symmetrize"]
+           "squared_distances_on", "symmetrize"]

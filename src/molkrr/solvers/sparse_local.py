@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..kernels.base import StationaryKernel
+from ..local_gram import squared_distances_on
 
 #: Molecules per streamed block.
 BLOCK_MOLECULES = 2000
@@ -134,11 +135,7 @@ def knm_rows(kernel: StationaryKernel, env: Any, Z: np.ndarray, z_labels: np.nda
             continue
         rows = np.flatnonzero(env.labels == z)
         Xz = env.X[rows]
-        u = Xz @ Z[cols].T
-        u *= -2.0
-        u += np.einsum("ij,ij->i", Xz, Xz)[:, None]
-        u += z_sqnorms[cols][None, :]
-        np.maximum(u, 0.0, out=u)
+        u = squared_distances_on(Xz, Z[cols], np.einsum("ij,ij->i", Xz, Xz), z_sqnorms[cols])
         u *= 1.0 / s2
         k = kernel.profile(u, 0)[0]
         starts = np.flatnonzero(np.r_[True, mol[rows][1:] != mol[rows][:-1]])
