@@ -35,7 +35,7 @@ import numpy as np
 from ._atomic import atomic_write
 from .errors import InvalidInputError
 
-__all__ = ["ENSEMBLES", "MDReport", "PREDICT_REPEATS", "TrajectoryAppender", "run_md"]
+__all__ = ["ENSEMBLES", "MDReport", "PREDICT_REPEATS", "TrajectoryAppender", "frame_with_results", "run_md"]
 
 #: Integrators ``run_md`` offers.
 ENSEMBLES = ("nve", "langevin")
@@ -262,7 +262,7 @@ def run_md(
         kinetic[recorded] = atoms.get_kinetic_energy()
         recorded += 1
         if writer is not None and step % interval == 0:
-            writer.write(_frame(atoms, calc, {**info, "step": int(step), "time_fs": step * float(timestep_fs)}))
+            writer.write(frame_with_results(atoms, calc, {**info, "step": int(step), "time_fs": step * float(timestep_fs)}))
         if step == 0:  # the timings cover the steps only, not the start's evaluation and first write
             mark[:] = [time.perf_counter(), calc.calculate_seconds, calc.n_model_calls]
         elif bar is not None:
@@ -289,7 +289,7 @@ def run_md(
     )
 
 
-def _frame(atoms: Any, calc: Any, info: dict) -> Any:
+def frame_with_results(atoms: Any, calc: Any, info: dict) -> Any:
     """A copy of ``atoms`` carrying its energy and the model's forces (before constraints) for the writer."""
     from ase.calculators.singlepoint import SinglePointCalculator
 

@@ -103,7 +103,7 @@ def select_force_hyperparameters(
         if not base.has_length_scale:
             sigmas = [None]
         else:
-            sigmas = [f * _median_distance(env) for f in DEFAULT_SIGMA_FACTORS]
+            sigmas = [f * median_environment_distance(env) for f in DEFAULT_SIGMA_FACTORS]
     sigmas = list(np.atleast_1d(sigmas)) if sigmas is not None else [None]
     rows = row_layout(env, targets)
     y, e_rows, offset = observations(env, e_fit, grads, targets, rows, center)
@@ -241,7 +241,7 @@ def select_local_energy_hyperparameters(
     env = environments(rep, mols.subset(idx))
     base = make_kernel(kernel)
     if sigmas is None and base.has_length_scale:
-        sigmas = [f * _median_distance(env) for f in DEFAULT_ENERGY_SIGMA_FACTORS]
+        sigmas = [f * median_environment_distance(env) for f in DEFAULT_ENERGY_SIGMA_FACTORS]
     n_val = min(len(idx) - 1, max(1, int(round(validation_fraction * len(idx)))))
     return select_hyperparameters(
         None, np.asarray(energies, dtype=np.float64)[idx], kernel=base, sigmas=sigmas,
@@ -251,8 +251,9 @@ def select_local_energy_hyperparameters(
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _median_distance(env: Any, max_rows: int = 2000) -> float:
-    """Median distance between environments of the same label (a subsample of at most max_rows)."""
+def median_environment_distance(env: Any, max_rows: int = 2000) -> float:
+    """Median distance between environments of the same label (a subsample of at most max_rows): the scale of
+    the σ grids here and of on-the-fly learning's first σ (:mod:`molkrr.active`)."""
     idx = np.unique(np.linspace(0, env.X.shape[0] - 1, min(env.X.shape[0], max_rows)).round().astype(int))
     X, lab = env.X[idx], env.labels[idx]
     d2 = np.sum(X**2, 1)[:, None] + np.sum(X**2, 1)[None, :] - 2 * X @ X.T
@@ -293,6 +294,6 @@ def _warn_on_edges(table, sigma, lam_e, lam_f, targets) -> None:
         edge([t[2] for t in table if t[0] == sigma], lam_f, "lam_forces")
 
 
-__all__ = ["DEFAULT_ENERGY_SIGMA_FACTORS", "DEFAULT_RELATIVE_LAMS", "DEFAULT_SIGMA_FACTORS", "ForceSelection",
+__all__ = ["DEFAULT_ENERGY_SIGMA_FACTORS", "median_environment_distance", "DEFAULT_RELATIVE_LAMS", "DEFAULT_SIGMA_FACTORS", "ForceSelection",
            "GridEdgeWarning", "MAX_ENERGY_SELECTION", "fit_derivative_model", "select_force_hyperparameters",
            "select_local_energy_hyperparameters"]
