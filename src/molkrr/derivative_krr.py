@@ -336,10 +336,11 @@ def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str, targets_b: str 
     r = 1 + q (energy+forces), q (forces) or 1 (energy); rows of a molecule are [E, ∇ (q)]. ``targets``
     names A's rows and, unless ``targets_b`` is given, B's (the predictive std pairs query rows
     'energy+forces' with a model's training rows, :mod:`molkrr.derivative_uncertainty`); J of a side
-    without gradient rows is not read (None is fine).
+    without gradient rows is not read (None is fine). B may carry a fourth item, (Jᵀ (b, nB, qB, d)
+    C-ordered, Jᵀx (b, nB, qB)) of its J, when it meets many A (:func:`transposed_jacobians`).
     """
     XA, labA, JA = A
-    XB, labB, JB = B
+    XB, labB, JB = B[:3]
     targets_b = targets if targets_b is None else targets_b
     a, nA, d = XA.shape
     b, nB, _ = XB.shape
@@ -366,8 +367,8 @@ def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str, targets_b: str 
         if eB:  # cov(∇_A, E_B)[i, j] = Σ_{e∈Ai, f∈Bj} g₁ J_eᵀδ
             out[:, oA:, :, 0] = (U * g1[:, None, :]).reshape(a, nA, qA, b, nB).sum(axis=(1, 4))
     if fB:
-        JBt = np.ascontiguousarray(JB.transpose(0, 1, 3, 2)).reshape(b * nB * qB, d)
-        JBx = np.einsum("fqd,fd->fq", JBt.reshape(b * nB, qB, d), xb)
+        JBt, JBx = B[3] if len(B) > 3 else transposed_jacobians(XB, JB)
+        JBt, JBx = JBt.reshape(b * nB * qB, d), JBx.reshape(b * nB, qB)
         V = (JBt @ xa.T).reshape(b * nB, qB, a * nA)
         V -= JBx[:, :, None]  # J_fᵀ δ
         del JBt
@@ -391,6 +392,12 @@ def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str, targets_b: str 
     FF += np.matmul(Uc, Vc).transpose(0, 2, 1, 3)
     out[:, oA:, :, oB:] = FF
     return out
+
+
+def transposed_jacobians(X: np.ndarray, J: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Jᵀ (b, n, q, d) C-ordered, Jᵀx (b, n, q)) of stacked environments X (b, n, d), J (b, n, d, q)."""
+    Jt = np.ascontiguousarray(J.transpose(0, 1, 3, 2))
+    return Jt, np.einsum("bnqd,bnd->bnq", Jt, X)
 
 
 def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarray,

@@ -42,6 +42,7 @@ from .derivative_krr import (
     gram_block_elements,
     gram_matrix,
     row_layout,
+    transposed_jacobians,
 )
 from .errors import NotDifferentiableError, UncertaintyNotSupportedError
 from .kernels.base import StationaryKernel
@@ -108,11 +109,12 @@ class _Training:
             t0, t1 = int(off[G[0]]), int(off[G[-1] + 1])
             P = comp.P[z][t0:t1].reshape(b, (t1 - t0) // b, -1)
             P = np.concatenate([P, np.zeros((*P.shape[:2], 1))], axis=2)  # the query residual's coordinate: 0 here
-            C = None
-            if comp.C is not None:
-                C = np.stack([comp.C[z][m] for m in G])
-                C = np.concatenate([C, np.zeros((C.shape[0], C.shape[1], 1, C.shape[3]))], axis=2)
-            out[z] = (P, np.zeros(P.shape[:2], dtype=np.int64), C)
+            if comp.C is None:
+                out[z] = (P, np.zeros(P.shape[:2], dtype=np.int64), None)
+                continue
+            C = np.stack([comp.C[z][m] for m in G])
+            C = np.concatenate([C, np.zeros((C.shape[0], C.shape[1], 1, C.shape[3]))], axis=2)
+            out[z] = (P, np.zeros(P.shape[:2], dtype=np.int64), C, transposed_jacobians(P, C))  # once, not per query
         return out
 
 
@@ -192,10 +194,12 @@ def posterior_std(model: Any, mols: Molecules, *, forces: bool) -> tuple[np.ndar
     training = _training(model)
     s2 = float(krr.gp_scale_)
     targets_q = "energy+forces" if forces else "energy"
-    env = environments(model.representation_, mols, jacobians=forces, project_rigid=False)
+    env = _query_environments(model.representation_, mols, forces)
     e_std = np.empty(len(mols))
     f_std: list[np.ndarray | None] = [None] * len(mols)
-    for G in _groups(env):
+    keys = [(int(mols.n_atoms[m]), env.labels[env.env_slice(m)].tobytes()) for m in range(len(mols))]
+    cuts = [m for m in range(1, len(mols)) if keys[m] != keys[m - 1]]
+    for G in np.split(np.arange(len(mols)), cuts):  # runs of molecules with equal atoms (the batched products)
         n_env = int(env.env_offsets[G[0] + 1] - env.env_offsets[G[0]])
         labels = env.labels[env.env_offsets[G[0]] : env.env_offsets[G[0] + 1]]
         r = 1 + (3 * int(mols.n_atoms[G[0]]) if forces else 0)
@@ -220,19 +224,32 @@ def posterior_std(model: Any, mols: Molecules, *, forces: bool) -> tuple[np.ndar
     return e_std, (f_std if forces else None)
 
 
+def _query_environments(rep: Any, mols: Molecules, forces: bool) -> Environments:
+    """The query molecules' environments with Cartesian Jacobians J (n_env_m, d, 3 n_atoms) when ``forces``."""
+    env = environments(rep, mols)
+    if forces:
+        if not getattr(rep, "differentiable", False):
+            raise NotDifferentiableError(f"{type(rep).__name__} has no derivative with respect to positions")
+        d = env.X.shape[1]
+        env.J = [np.asarray(Jm, dtype=np.float64).reshape(-1, d, 3 * int(n))
+                 for Jm, n in zip(rep.jacobian(mols), mols.n_atoms)]
+    return env
+
+
 def _cross(kernel: Any, training: _Training, Q: dict[int, tuple], a: int, r: int, targets_q: str) -> np.ndarray:
     """cov(query rows, training rows): (a r, n_rows), the training molecules in chunks that bound the temporaries."""
     out = np.empty((a * r, training.n_rows))
     for row0, row1, b, T in training.groups:
         rt = (row1 - row0) // b
-        nq = max([P.shape[1] for P, _, _ in Q.values()] + [1])
-        nt = max([P.shape[1] for P, _, _ in T.values()] + [1])
-        dim = max([P.shape[2] for P, _, _ in T.values()] + [1])
+        nq = max([item[0].shape[1] for item in Q.values()] + [1])
+        nt = max([item[0].shape[1] for item in T.values()] + [1])
+        dim = max([item[0].shape[2] for item in T.values()] + [1])
         per_pair = max(2 * a * nq * nt * max(r, rt), nt * dim * r // 8, 1)
         side = max(1, BLOCK_ELEMENTS // per_pair)
         for t0 in range(0, b, side):
             t1 = min(t0 + side, b)
-            Tc = {z: (P[t0:t1], lab[t0:t1], None if C is None else C[t0:t1]) for z, (P, lab, C) in T.items()}
+            Tc = {z: tuple(None if v is None else (tuple(w[t0:t1] for w in v) if isinstance(v, tuple) else v[t0:t1])
+                           for v in item) for z, item in T.items()}
             blk = gram_block_elements(kernel, Q, Tc, (a, r, t1 - t0, rt), targets_q, training.targets)
             out[:, row0 + t0 * rt : row0 + t1 * rt] = blk.reshape(a * r, (t1 - t0) * rt)
     return out
