@@ -228,8 +228,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
 
         return_std : also return the posterior standard deviation of each energy (n_molecules,), as
             ``(energies, std)``; the convention (GP view of KRR, maximum-likelihood scale) is in
-            :mod:`molkrr.uncertainty`. Energy-trained models with a global representation and the exact
-            solver only (else :class:`~molkrr.errors.UncertaintyNotSupportedError`).
+            :mod:`molkrr.uncertainty`. Exact models only: the Cholesky solver, or a force-trained /
+            local-kernel model with ``n_sparse=None`` (else :class:`~molkrr.errors.UncertaintyNotSupportedError`).
         """
         if return_std:  # molkrr.uncertainty: the posterior std beside this method's energies
             from .uncertainty import predict_with_std

@@ -35,8 +35,10 @@ n×n kernel matrix and one Cholesky, as in ``fit``). L is never written to model
 
 Supported: :class:`~molkrr.krr.KernelRidge` with the exact solver, any kernel for energies, a
 stationary kernel (Gaussian, Matérn) for forces; :class:`~molkrr.MolecularKRR` with a global
-representation and ``targets='energy'``. Anything else raises
-:class:`~molkrr.errors.UncertaintyNotSupportedError`.
+representation and ``targets='energy'``, and every exact :class:`~molkrr.derivative_krr.DerivativeKRR`
+model (force targets, local kernels: :mod:`molkrr.derivative_uncertainty`, the same convention with the
+training rows of derivative observations). Anything else (sparse models, ``solver='falkon'``, model files
+without training geometries) raises :class:`~molkrr.errors.UncertaintyNotSupportedError`.
 """
 
 from __future__ import annotations
