@@ -65,6 +65,7 @@ from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchErro
 from .kernels import Kernel, make_kernel
 from .kernels.base import StationaryKernel
 from .kernels.blocks import squared_distances
+from . import linalg
 from .linalg import spd_factor, spd_solve
 from .local_gram import squared_distances_on
 from .molecules import Molecules
@@ -84,6 +85,8 @@ SMALL_MODEL_ELEMENTS = 1_000_000
 _N_WORKERS = N_WORKERS  # molkrr._threads
 #: Relative singular value below which a rigid-motion vector is dependent (linear molecules).
 _RIGID_RTOL = 1e-8
+#: ``__dict__`` entry of a fitted DerivativeKRR holding the factor it solved with (private: never saved).
+_POSTERIOR = "_posterior"
 
 
 def check_targets(targets: Any) -> str:
@@ -290,14 +293,14 @@ def stack_elements(comp: CompressedEnvironments, mols: np.ndarray) -> dict[int, 
 
 
 def gram_block_elements(kernel: Kernel, A: dict[int, tuple], B: dict[int, tuple],
-                        shape: tuple[int, int, int, int], targets: str) -> np.ndarray:
+                        shape: tuple[int, int, int, int], targets: str, targets_b: str | None = None) -> np.ndarray:
     """Covariance block (a, r_A, b, r_B) between two stacks of molecules (:func:`stack_elements`, each of
     one group), summed element by element in exact per-element coordinates (no work on pairs of
-    different elements)."""
+    different elements). ``targets_b``: the rows of B where they differ from A's (:func:`gram_block`)."""
     out = np.zeros(shape)
     for z, Az in A.items():
         if z in B:
-            out += gram_block(kernel, Az, B[z], targets)
+            out += gram_block(kernel, Az, B[z], targets, targets_b)
     return out
 
 
@@ -326,43 +329,54 @@ def pair_coefficients(kernel: Kernel, XA: np.ndarray, XB: np.ndarray, labA: np.n
     return tuple(out)
 
 
-def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str) -> np.ndarray:
+def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str, targets_b: str | None = None) -> np.ndarray:
     """Covariance block between stacked molecules A and B (from :func:`_stack_element`: x, labels, J per
     molecule; any feature coordinates), shape (a, r_A, b, r_B).
 
-    r = 1 + q (energy+forces), q (forces) or 1 (energy); rows of a molecule are [E, ∇ (q)].
+    r = 1 + q (energy+forces), q (forces) or 1 (energy); rows of a molecule are [E, ∇ (q)]. ``targets``
+    names A's rows and, unless ``targets_b`` is given, B's (the predictive std pairs query rows
+    'energy+forces' with a model's training rows, :mod:`molkrr.derivative_uncertainty`); J of a side
+    without gradient rows is not read (None is fine). B may carry a fourth item, (Jᵀ (b, nB, qB, d)
+    C-ordered, Jᵀx (b, nB, qB)) of its J, when it meets many A (:func:`transposed_jacobians`).
     """
     XA, labA, JA = A
-    XB, labB, JB = B
+    XB, labB, JB = B[:3]
+    targets_b = targets if targets_b is None else targets_b
     a, nA, d = XA.shape
     b, nB, _ = XB.shape
-    want_e, want_f = targets != "forces", targets != "energy"
-    qA = JA.shape[3] if want_f else 0
-    qB = JB.shape[3] if want_f else 0
-    ra, rb = int(want_e) + qA, int(want_e) + qB
-    out = np.zeros((a, ra, b, rb))
+    eA, fA = targets != "forces", targets != "energy"
+    eB, fB = targets_b != "forces", targets_b != "energy"
+    qA = JA.shape[3] if fA else 0
+    qB = JB.shape[3] if fB else 0
+    oA, oB = int(eA), int(eB)
+    out = np.zeros((a, oA + qA, b, oB + qB))
     xa, xb = XA.reshape(a * nA, d), XB.reshape(b * nB, d)
-    coef = pair_coefficients(kernel, xa, xb, labA.ravel(), labB.ravel(), 2 if want_f else 0)
-    o = int(want_e)
-    if want_e:
+    coef = pair_coefficients(kernel, xa, xb, labA.ravel(), labB.ravel(), 2 if fA and fB else int(fA or fB))
+    if eA and eB:
         out[:, 0, :, 0] = coef[0].reshape(a, nA, b, nB).sum(axis=(1, 3))
-    if not want_f:
+    if not (fA or fB):
         return out
-    g1, c1, c2 = coef[1], coef[2], coef[3]
+    g1 = coef[1]
     # J_eᵀδ and J_fᵀδ (δ = x_e − x_f) for all pairs, one GEMM each way: (a nA qA, d) @ (d, b nB)
-    JAt = np.ascontiguousarray(JA.transpose(0, 1, 3, 2)).reshape(a * nA * qA, d)
-    JBt = np.ascontiguousarray(JB.transpose(0, 1, 3, 2)).reshape(b * nB * qB, d)
-    JAx = np.einsum("eqd,ed->eq", JAt.reshape(a * nA, qA, d), xa)  # J_eᵀ x_e (a nA, qA)
-    JBx = np.einsum("fqd,fd->fq", JBt.reshape(b * nB, qB, d), xb)
-    U = (JAt @ xb.T).reshape(a * nA, qA, b * nB)
-    np.subtract(JAx[:, :, None], U, out=U)  # J_eᵀ δ
-    V = (JBt @ xa.T).reshape(b * nB, qB, a * nA)
-    V -= JBx[:, :, None]  # J_fᵀ δ
-    del JAt, JBt
-    if want_e:
-        # cov(∇_A, E_B)[i, j] = Σ_{e∈Ai, f∈Bj} g₁ J_eᵀδ;  cov(E_A, ∇_B)[i, j] = −Σ g₁ J_fᵀδ
-        out[:, o:, :, 0] = (U * g1[:, None, :]).reshape(a, nA, qA, b, nB).sum(axis=(1, 4))
-        out[:, 0, :, o:] = -(V * g1.T[:, None, :]).reshape(b, nB, qB, a, nA).sum(axis=(1, 4)).transpose(2, 0, 1)
+    if fA:
+        JAt = np.ascontiguousarray(JA.transpose(0, 1, 3, 2)).reshape(a * nA * qA, d)
+        JAx = np.einsum("eqd,ed->eq", JAt.reshape(a * nA, qA, d), xa)  # J_eᵀ x_e (a nA, qA)
+        U = (JAt @ xb.T).reshape(a * nA, qA, b * nB)
+        np.subtract(JAx[:, :, None], U, out=U)  # J_eᵀ δ
+        del JAt
+        if eB:  # cov(∇_A, E_B)[i, j] = Σ_{e∈Ai, f∈Bj} g₁ J_eᵀδ
+            out[:, oA:, :, 0] = (U * g1[:, None, :]).reshape(a, nA, qA, b, nB).sum(axis=(1, 4))
+    if fB:
+        JBt, JBx = B[3] if len(B) > 3 else transposed_jacobians(XB, JB)
+        JBt, JBx = JBt.reshape(b * nB * qB, d), JBx.reshape(b * nB, qB)
+        V = (JBt @ xa.T).reshape(b * nB, qB, a * nA)
+        V -= JBx[:, :, None]  # J_fᵀ δ
+        del JBt
+        if eA:  # cov(E_A, ∇_B)[i, j] = −Σ g₁ J_fᵀδ
+            out[:, 0, :, oB:] = -(V * g1.T[:, None, :]).reshape(b, nB, qB, a, nA).sum(axis=(1, 4)).transpose(2, 0, 1)
+    if not (fA and fB):
+        return out
+    c1, c2 = coef[2], coef[3]
     # c₁ part, row molecule by row molecule (the temporary stays in cache): Σ_{f∈Bj} S_fᵀ J_f with
     # S_f = Σ_{e∈Ai} c₁(e, f) J_e, a (b nB, d qA) GEMM, then one batched product over the b molecules
     FF = np.empty((a, qA, b, qB))
@@ -376,8 +390,14 @@ def gram_block(kernel: Kernel, A: tuple, B: tuple, targets: str) -> np.ndarray:
     Uc = U.reshape(a, nA, qA, b, nB).transpose(0, 3, 2, 1, 4).reshape(a, b, qA, nA * nB)
     Vc = V.reshape(b, nB, qB, a, nA).transpose(3, 0, 4, 1, 2).reshape(a, b, nA * nB, qB)
     FF += np.matmul(Uc, Vc).transpose(0, 2, 1, 3)
-    out[:, o:, :, o:] = FF
+    out[:, oA:, :, oB:] = FF
     return out
+
+
+def transposed_jacobians(X: np.ndarray, J: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Jᵀ (b, n, q, d) C-ordered, Jᵀx (b, n, q)) of stacked environments X (b, n, d), J (b, n, d, q)."""
+    Jt = np.ascontiguousarray(J.transpose(0, 1, 3, 2))
+    return Jt, np.einsum("bnqd,bnd->bnq", Jt, X)
 
 
 def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarray,
@@ -466,7 +486,10 @@ class DerivativeKRR(BaseEstimator):
 
     Fitted attributes (arrays, saved with the model): ``X_`` (n_env, d) training environments,
     ``labels_``, ``alpha_`` (n_env,) each environment's energy weight, ``W_`` (n_env, d) the gradient
-    weights pulled back to features (w_f = J_f Q β), ``wdot_`` (n_env,) = x_f·w_f, ``offset_``.
+    weights pulled back to features (w_f = J_f Q β), ``wdot_`` (n_env,) = x_f·w_f, ``offset_``, and
+    ``gp_scale_`` = yᵀ(K + Λ)⁻¹y / n_rows, the GP scale of the predictive std (:mod:`molkrr.uncertainty`;
+    absent after :meth:`set_environment_weights`). ``fit`` keeps its Cholesky factor in memory up to
+    :data:`molkrr.linalg.KEEP_FACTOR_MAX_BYTES` (never saved).
     """
 
     def __init__(self, kernel: "str | Kernel" = "gaussian", sigma: float | None = None, lam: float = 1e-8,
@@ -508,16 +531,30 @@ class DerivativeKRR(BaseEstimator):
         y, is_energy, offset = observations(env, energies, gradients, targets, rows, self.center)
         diag = np.where(is_energy, float(self.lam), float(self.lam_forces))
         t0 = time.perf_counter()
+        self.__dict__.pop(_POSTERIOR, None)  # a refit never reads a stale factor
         L, _ = spd_factor(lambda: gram_matrix(kernel, env, targets, rows, diag), 0.0)
         coef = spd_solve(L, y)
-        del L
         if progress:
             print(f"derivative KRR: {len(y)} rows solved in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         self._set_weights(env, coef, rows, targets)
+        # the maximum-likelihood GP scale s² = yᵀ(K + Λ)⁻¹y / n_rows of the predictive std (molkrr.uncertainty)
+        self.gp_scale_ = float(y @ coef) / len(y)
+        if L.nbytes <= linalg.KEEP_FACTOR_MAX_BYTES:  # kept for the predictive std (molkrr.derivative_uncertainty)
+            self.__dict__[_POSTERIOR] = {"key": self._posterior_key(), "L": L, "env": env}
+        del L
         self.offset_ = offset
         if targets == "forces":  # GDML: the offset is the mean residual of the training energies
             self.offset_ = float(np.mean(energies - self.predict_env(env)))
         return self
+
+    def _posterior_key(self) -> tuple:
+        """What a kept factor was built from: it is valid while these are unchanged."""
+        return (self.X_, float(self.lam), float(self.lam_forces), self.kernel_, self.targets)
+
+    def posterior_key_matches(self, key: tuple) -> bool:
+        """Whether a factor built under ``key`` (:meth:`_posterior_key`) is this fitted model's."""
+        now = self._posterior_key()
+        return key[0] is now[0] and key[1:] == now[1:]
 
     def set_environment_weights(self, X: np.ndarray, labels: np.ndarray, alpha: np.ndarray, offset: float) -> "DerivativeKRR":
         """Become the energy model E = offset + Σ_e Σ_f α_f k(x_e, x_f) over environments f (X (n_f, d), labels,
@@ -535,6 +572,8 @@ class DerivativeKRR(BaseEstimator):
         self.wdot_ = np.zeros(X.shape[0])
         self.offset_ = float(offset)
         self._prediction_cache = None
+        self.__dict__.pop(_POSTERIOR, None)
+        self.__dict__.pop("gp_scale_", None)  # weights from another solver: no exact GP posterior
         return self
 
     def _set_weights(self, env: Environments, coef: np.ndarray, rows: np.ndarray, targets: str) -> None:
@@ -859,6 +898,7 @@ def _model_file_schema() -> Schema:
             "wdot_": FloatArray(1, dims=("n",), max_abs=MAX_ABS_COEFFICIENT),
             "labels_": IntArray(0, 118, then=_check_labels),
             "offset_": Number(max_abs=MAX_ABS_COEFFICIENT),
+            "gp_scale_": Number(lo=0.0, required=False),  # absent in files written before the predictive std
         },
         extra=Finite(),
     )

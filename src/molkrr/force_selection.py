@@ -203,6 +203,10 @@ def fit_derivative_model(model: Any, mols: Molecules, y: np.ndarray, *, progress
                                    targets, model.center).set_environment_weights(
             fit["X"], fit["labels"], fit["beta"], fit["offset"])
         return model
+    # the training geometries: the predictive std rebuilds the training rows' Jacobians from them (molkrr.uncertainty)
+    model.train_numbers_ = np.array(mols.numbers, dtype=np.int64)
+    model.train_positions_ = np.array(mols.positions, dtype=np.float64)
+    model.train_offsets_ = np.array(mols.offsets, dtype=np.int64)
     model.krr_ = fit_molecules(model.representation_, mols, kernel=kernel.with_sigma(model.sigma_),
                                sigma=model.sigma_, lam=model.lam_, lam_forces=model.lam_forces_, targets=targets,
                                center=model.center, energies=y, progress=progress)

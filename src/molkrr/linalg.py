@@ -37,6 +37,9 @@ BLOCKED_CHOLESKY_MIN_N = 12000
 CHOLESKY_BLOCK = 2048
 #: Relative jitters tried, as multiples of the mean diagonal, before giving up.
 JITTER_STEPS = (1e-10, 1e-8, 1e-6, 1e-4)
+#: Fits keep the Cholesky factor of their kernel matrix in memory for the predictive std up to this size
+#: (n ≈ 11,585; :mod:`molkrr.uncertainty`); larger factors are dropped after fit and rebuilt on first use.
+KEEP_FACTOR_MAX_BYTES = 1 << 30
 
 
 class JitterWarning(UserWarning):
@@ -90,6 +93,11 @@ def spd_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
     # L is C-ordered with the factor in its lower triangle, so L.T is Fortran-ordered with Lᵀ in its
     # upper triangle: LAPACK reads it in place instead of copying an n×n matrix.
     return sla.cho_solve((L.T, False), b, check_finite=False)
+
+
+def lower_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """L⁻¹ B for the factor returned by :func:`spd_factor` (B of shape (n, k)): one triangular solve."""
+    return sla.solve_triangular(L.T, B, trans="T", lower=False, check_finite=False)
 
 
 def gemm(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False,

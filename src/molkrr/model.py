@@ -28,6 +28,11 @@ from .metric.base_metric import as_metric
 from .molecules import Molecules, as_molecules
 
 
+#: Fitted arrays of an exact DerivativeKRR model: the training molecules' atomic numbers (n_atoms_total,),
+#: positions (n_atoms_total, 3) in Å and offsets (n_molecules + 1,), for the predictive std (molkrr.uncertainty).
+TRAINING_GEOMETRY = ("train_numbers_", "train_positions_", "train_offsets_")
+
+
 class MolecularKRR(RegressorMixin, BaseEstimator):
     """Kernel ridge regression on molecules, with analytic forces.
 
@@ -88,7 +93,9 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     :class:`~molkrr.derivative_krr.DerivativeKRR` for force targets and local kernels), ``sigma_``,
     ``lam_`` and, for force targets, ``lam_forces_``; ``baseline_`` ('elements' or 'mean'),
     ``baseline_elements_`` and ``baseline_energies_`` (per-element energies, empty for 'mean'); ``elements_`` (atomic numbers of the training
-    set: prediction refuses others, see :mod:`molkrr.applicability`).
+    set: prediction refuses others, see :mod:`molkrr.applicability`); for an exact DerivativeKRR (force
+    targets or a local kernel, ``n_sparse=None``) the training geometries ``train_numbers_``,
+    ``train_positions_`` (Å) and ``train_offsets_``, from which the predictive std rebuilds its training rows.
     """
 
     def __init__(
@@ -132,6 +139,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         """Fit on molecules (Molecules or ase.Atoms list) and energies y (default: the molecules' energies)."""
         check_model_params(self)  # molkrr._validation: the one parameter-check helper
         check_baseline(self.baseline)
+        for key in TRAINING_GEOMETRY:  # set again by the exact derivative-observation fit only
+            self.__dict__.pop(key, None)
         mols = as_molecules(molecules)
         y = _energies(mols, y)
         if self.representation is None:
@@ -219,8 +228,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
 
         return_std : also return the posterior standard deviation of each energy (n_molecules,), as
             ``(energies, std)``; the convention (GP view of KRR, maximum-likelihood scale) is in
-            :mod:`molkrr.uncertainty`. Energy-trained models with a global representation and the exact
-            solver only (else :class:`~molkrr.errors.UncertaintyNotSupportedError`).
+            :mod:`molkrr.uncertainty`. Exact models only: the Cholesky solver, or a force-trained /
+            local-kernel model with ``n_sparse=None`` (else :class:`~molkrr.errors.UncertaintyNotSupportedError`).
         """
         if return_std:  # molkrr.uncertainty: the posterior std beside this method's energies
             from .uncertainty import predict_with_std
@@ -349,7 +358,7 @@ def _model_file_schema() -> Any:
     from .krr import SOLVER_PARAMS
     from .metric.base_metric import MetricLearner
     from .representations.base import Representation
-    from .schema import Bool, Choice, Elements, Int, Nested, Number, Schema, Sigma, Text
+    from .schema import Bool, Choice, Elements, FloatArray, Int, IntArray, Nested, Number, Schema, Sigma, Text
 
     return Schema(
         params={
@@ -376,6 +385,10 @@ def _model_file_schema() -> Any:
             "baseline_": Choice(("elements", "mean"), required=False, then=_check_baseline),  # absent before baselines
             "krr_": Nested("krr", (KernelRidge, DerivativeKRR), fitted=True, then=_check_krr),
             "elements_": Elements(then=_check_supported_elements),
+            # absent in files written before the predictive std of DerivativeKRR models (their std is refused)
+            "train_numbers_": IntArray(1, 118, required=False, then=_needs_offsets),
+            "train_positions_": FloatArray(2, required=False, then=_needs_offsets),
+            "train_offsets_": IntArray(0, 2**62, required=False, then=_check_training_geometry),
         },
         # files of model format 2 written before these parameters existed: the values they were fitted with
         added={"baseline": (1, "mean"), "n_sparse": (1, None)},
@@ -463,3 +476,29 @@ def _check_supported_elements(found: np.ndarray, where: str, node: Any) -> None:
         outside = np.setdiff1d(found, supported)
         if outside.size:
             raise fail(where, f"lists element {int(outside[0])}, which the {type(rep).__name__} does not support")
+
+
+def _needs_offsets(value: Any, where: str, node: Any) -> None:
+    node.f("train_offsets_")  # the training geometry comes whole: numbers, positions and offsets
+
+
+def _check_training_geometry(offsets: np.ndarray, where: str, node: Any) -> None:
+    """train_numbers_, train_positions_ and train_offsets_ describe the molecules the DerivativeKRR was fitted on."""
+    from .derivative_krr import DerivativeKRR, is_local
+    from .schema import fail
+
+    numbers, n_where = node.f("train_numbers_")
+    positions, p_where = node.f("train_positions_")
+    n = numbers.shape[0]
+    if offsets.shape[0] < 2 or offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 1):
+        raise fail(where, f"must rise from 0 to the {n} training atoms, at least one atom per molecule")
+    if positions.shape != (n, 3):
+        raise fail(p_where, f"has shape {positions.shape}, expected ({n}, 3)")
+    krr = node.fitted["krr_"]
+    if not isinstance(krr, DerivativeKRR):
+        raise fail(where, "training geometries belong to a DerivativeKRR model (force targets, local kernels)")
+    n_env = n if is_local(node.fitted["representation_"]) else offsets.shape[0] - 1
+    if krr.X_.shape[0] != n_env:
+        raise fail(where, f"describe {n_env} training environments, the KRR holds {krr.X_.shape[0]}")
+    if np.setdiff1d(numbers, node.fitted["elements_"]).size:
+        raise fail(n_where, "lists an element that is not among the model's elements_")

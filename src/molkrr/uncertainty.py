@@ -35,8 +35,10 @@ n×n kernel matrix and one Cholesky, as in ``fit``). L is never written to model
 
 Supported: :class:`~molkrr.krr.KernelRidge` with the exact solver, any kernel for energies, a
 stationary kernel (Gaussian, Matérn) for forces; :class:`~molkrr.MolecularKRR` with a global
-representation and ``targets='energy'``. Anything else raises
-:class:`~molkrr.errors.UncertaintyNotSupportedError`.
+representation and ``targets='energy'``, and every exact :class:`~molkrr.derivative_krr.DerivativeKRR`
+model (force targets, local kernels: :mod:`molkrr.derivative_uncertainty`, the same convention with the
+training rows of derivative observations). Anything else (sparse models, ``solver='falkon'``, model files
+without training geometries) raises :class:`~molkrr.errors.UncertaintyNotSupportedError`.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .errors import NotDifferentiableError, ShapeMismatchError, UncertaintyNotSupportedError
 from .kernels import StationaryKernel
-from .linalg import gemm, spd_factor
+from .linalg import KEEP_FACTOR_MAX_BYTES, gemm, spd_factor  # the size limit: molkrr.linalg
 
 __all__ = [
     "KEEP_FACTOR_MAX_BYTES",
@@ -65,9 +67,6 @@ __all__ = [
     "predict_with_std",
 ]
 
-#: ``KernelRidge.fit`` keeps the Cholesky factor of K + λI in memory up to this size (n ≈ 11,585);
-#: larger factors are dropped after fit (fit's peak memory holds them anyway) and rebuilt on first use.
-KEEP_FACTOR_MAX_BYTES = 1 << 30
 #: Columns (query rows, or force components) per triangular solve: bounds the (n_train, block) temporaries.
 SOLVE_BLOCK = 2048
 _KEY = "_posterior"  # KernelRidge.__dict__ entry: (X_fit_, lam_, kernel_, L, s²); private, so never saved
@@ -227,18 +226,11 @@ def check_supported(model: Any, *, forces: bool = False) -> None:
 
     check_is_fitted(model)
     krr = model.krr_
-    if not isinstance(krr, KernelRidge):
-        from .derivative_krr import is_local
+    if not isinstance(krr, KernelRidge):  # force targets, local kernels: molkrr.derivative_uncertainty
+        from .derivative_uncertainty import check_supported as check_derivative
 
-        if is_local(model.representation_):
-            raise UncertaintyNotSupportedError(
-                "predictive std is not supported yet for local kernels (a representation with one row per atom, "
-                f"{type(model.representation_).__name__}(form='atomic')): use a global representation"
-            )
-        raise UncertaintyNotSupportedError(
-            f"predictive std is not supported yet for force-trained models (targets={model.targets!r}): "
-            "train on energies (targets='energy')"
-        )
+        check_derivative(model, forces=forces)
+        return
     _check_krr(krr)
     if forces:
         if not getattr(model.representation_, "differentiable", False):
@@ -252,7 +244,21 @@ def check_supported(model: Any, *, forces: bool = False) -> None:
 def energy_std(model: Any, molecules: Any) -> np.ndarray:
     """Posterior std of a fitted MolecularKRR's energies (n_molecules,), in its energy unit."""
     check_supported(model)
+    if _is_derivative(model):
+        from .applicability import check_elements
+        from .derivative_uncertainty import posterior_std
+        from .molecules import as_molecules
+
+        mols = as_molecules(molecules)
+        check_elements(model, mols)  # refuse elements not seen in training, as predict does
+        return posterior_std(model, mols, forces=False)[0]
     return krr_std(model.krr_, model.features(molecules))
+
+
+def _is_derivative(model: Any) -> bool:
+    from .krr import KernelRidge
+
+    return not isinstance(model.krr_, KernelRidge)
 
 
 def energy_and_force_std(model: Any, molecules: Any) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -261,6 +267,12 @@ def energy_and_force_std(model: Any, molecules: Any) -> tuple[np.ndarray, list[n
 
     check_supported(model, forces=True)
     mols = as_molecules(molecules)
+    if _is_derivative(model):
+        from .applicability import check_elements
+        from .derivative_uncertainty import posterior_std
+
+        check_elements(model, mols)  # refuse elements not seen in training, as predict does
+        return posterior_std(model, mols, forces=True)
     Z = model.features(mols)
     A = None if model.metric_ is None else np.asarray(model.metric_.components_, dtype=np.float64)
     jac = []
