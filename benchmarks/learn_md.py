@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=0.05, help="eV/Å")
     p.add_argument("--temperature", type=float, default=500.0)
     p.add_argument("--max-calls", type=int, default=None)
+    p.add_argument("--check-every", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--uniform", type=int, nargs="*", default=[300, 1000])
     p.add_argument("--n-test", type=int, default=500)
@@ -51,7 +52,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     res = learn_on_the_fly(mols[0].to_ase()[0], xtb_calculator("GFN2-xTB"), threshold=a.threshold, steps=a.steps,
-                           temperature_K=a.temperature, seed=a.seed, max_calls=a.max_calls, progress=True)
+                           temperature_K=a.temperature, seed=a.seed, max_calls=a.max_calls, check_every=a.check_every, progress=True)
     t_otf = time.perf_counter() - t0
     print(res.report.summary())
     otf_mae = force_mae(res.model, test)

@@ -71,6 +71,7 @@ class LearnReport:
     timestep_fs: float
     temperature_K: float
     threshold: float
+    check_every: int
     reference_calls: int  # the start's label included
     refits: int
     selections: int
@@ -91,7 +92,8 @@ class LearnReport:
         md = self.wall_s - self.reference_s - self.fit_s - self.model_s
         lines = [
             f"on-the-fly learning: {self.steps} Langevin steps of {self.timestep_fs:g} fs at {self.temperature_K:g} K, "
-            f"{self.formula} ({self.n_atoms} atoms), threshold {self.threshold:g} eV/Å on the largest force std"
+            f"{self.formula} ({self.n_atoms} atoms), threshold {self.threshold:g} eV/Å on the largest force std "
+            f"(checked every {self.check_every} steps)"
             + (f" (interrupted after {self.steps} of {self.steps_requested} steps)" if self.interrupted else ""),
             f"reference calls: {self.reference_calls} (start included); refits {self.refits}, hyperparameter "
             f"selections {self.selections}; final sigma={self.sigma:.4g}, lambda={self.lam:.3g}, "
@@ -222,8 +224,10 @@ def _active_calculator_class() -> type:
 
         implemented_properties = ["energy", "free_energy", "forces"]
 
-        def __init__(self, learner: _Learner, threshold: float, max_calls: int | None, ev_per_unit: float) -> None:
+        def __init__(self, learner: _Learner, threshold: float, max_calls: int | None, ev_per_unit: float,
+                     check_every: int) -> None:
             super().__init__()
+            self.check_every = check_every
             self.learner = learner
             self.threshold = threshold
             self.max_calls = max_calls
@@ -240,12 +244,17 @@ def _active_calculator_class() -> type:
 
             t0 = time.perf_counter()
             mol = Molecules.from_list([self.atoms.numbers], [self.atoms.positions])
-            e, f, _, f_std = self.learner.model.predict_energies_and_forces(mol, return_std=True)
+            check = self.step % self.check_every == 0
+            if check:
+                e, f, _, f_std = self.learner.model.predict_energies_and_forces(mol, return_std=True)
+                self.last_std = float(np.max(f_std[0])) * self.ev_per_unit
+            else:
+                e, f = self.learner.model.predict_energies_and_forces(mol)
+                self.last_std = math.nan
             self.model_s += time.perf_counter() - t0
-            self.last_std = float(np.max(f_std[0])) * self.ev_per_unit
             energy, forces = float(e[0]) * self.ev_per_unit, np.asarray(f[0]) * self.ev_per_unit
             calls = len(self.learner.energies)
-            if self.last_std > self.threshold:
+            if check and self.last_std > self.threshold:
                 if self.max_calls is not None and calls >= self.max_calls:
                     self.budget_spent = True
                 else:
@@ -269,6 +278,7 @@ def learn_on_the_fly(
     friction_per_fs: float = 0.01,
     seed: int = 0,
     max_calls: int | None = None,
+    check_every: int = 1,
     trajectory: str | os.PathLike | None = None,
     interval: int = 10,
     progress: bool = False,
@@ -280,6 +290,8 @@ def learn_on_the_fly(
     model : an unfitted MolecularKRR trained on forces (default :func:`default_model`); its σ, λ, λ_F when set
         are kept, else chosen as the module docstring says. Its energy unit must be eV (the reference's).
     max_calls : at most this many reference calls (the start's included); afterwards the model alone drives.
+    check_every : predict the std (and maybe call the reference) every this many steps; the steps between run on
+        the model's energy and forces alone (a force std costs O(n_train_rows²) per frame, the prediction O(n)).
     trajectory : extended XYZ of every ``interval``-th step (energy, forces, momenta), written as the run goes.
 
     Returns a :class:`LearnResult`; a KeyboardInterrupt ends the run early with the model and frames so far.
@@ -297,8 +309,9 @@ def learn_on_the_fly(
         raise InvalidInputError(f"threshold must be a positive number of eV/Å, got {threshold!r}")
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise InvalidInputError(f"steps must be an integer ≥ 1, got {steps!r}")
-    if max_calls is not None and (not isinstance(max_calls, (int, np.integer)) or max_calls < 1):
-        raise InvalidInputError(f"max_calls must be an integer ≥ 1, got {max_calls!r}")
+    for name, value in (("max_calls", max_calls), ("check_every", check_every)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise InvalidInputError(f"{name} must be an integer ≥ 1, got {value!r}")
     for name, value in (("timestep_fs", timestep_fs), ("friction_per_fs", friction_per_fs)):
         if not (np.isfinite(value) and value > 0):
             raise InvalidInputError(f"{name} must be a positive number, got {value!r}")
@@ -320,7 +333,7 @@ def learn_on_the_fly(
     t_start = time.perf_counter()
     learner.label(atoms)
     learner.refit()
-    calc = _active_calculator_class()(learner, float(threshold), max_calls, 1.0)
+    calc = _active_calculator_class()(learner, float(threshold), max_calls, 1.0, int(check_every))
     atoms.calc = calc
     rng = np.random.default_rng(seed)
     thermalize(atoms, temperature_K, rng)
@@ -369,6 +382,7 @@ def learn_on_the_fly(
     report = LearnReport(
         formula=atoms.get_chemical_formula(), n_atoms=len(atoms), steps=int(done[0]), steps_requested=int(steps),
         timestep_fs=float(timestep_fs), temperature_K=float(temperature_K), threshold=float(threshold),
+        check_every=int(check_every),
         reference_calls=len(learner.energies), refits=learner.refits, selections=learner.selections, wall_s=wall,
         reference_s=learner.reference_s, fit_s=learner.fit_s, model_s=calc.model_s,
         sigma=float(hyper.sigma_), lam=float(hyper.lam_), lam_forces=float(hyper.lam_forces_),

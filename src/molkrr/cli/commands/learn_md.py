@@ -20,6 +20,8 @@ from .._shared import _friendly, _quiet_option, cli
 @click.option("--temperature", type=click.FloatRange(min=0), default=300.0, show_default=True, help="K.")
 @click.option("--friction", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="Langevin friction, 1/fs.")
+@click.option("--check-every", type=click.IntRange(1), default=1, show_default=True,
+              help="Predict the force std (and maybe call the reference) every K steps.")
 @click.option("--max-calls", type=click.IntRange(1), default=None, help="At most this many reference calls.")
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), help="Fix the kernel width (default: selected as frames arrive).")
 @click.option("--lam", type=click.FloatRange(min=0), help="Fix the ridge on energy rows (eV²).")
@@ -31,7 +33,7 @@ from .._shared import _friendly, _quiet_option, cli
 @click.option("--trajectory", type=click.Path(dir_okay=False), help="Every 10th MD step as extended XYZ, written as the run goes.")
 @_quiet_option
 @_friendly
-def learn_md(structure, method, threshold, steps, timestep, temperature, friction, max_calls, sigma, lam, lam_forces,
+def learn_md(structure, method, threshold, steps, timestep, temperature, friction, check_every, max_calls, sigma, lam, lam_forces,
              seed, output, frames_path, trajectory, quiet):
     """Learn a force field on the fly: Langevin MD with the model, xTB where the model is unsure.
 
@@ -52,7 +54,7 @@ def learn_md(structure, method, threshold, steps, timestep, temperature, frictio
     reference = xtb_calculator(method)
     model = default_model().set_params(sigma=sigma, lam=lam, lam_forces=lam_forces)
     result = learn_on_the_fly(atoms, reference, threshold=threshold, steps=steps, model=model, timestep_fs=timestep,
-                              temperature_K=temperature, friction_per_fs=friction, seed=seed, max_calls=max_calls,
+                              temperature_K=temperature, friction_per_fs=friction, seed=seed, max_calls=max_calls, check_every=check_every,
                               trajectory=trajectory, progress=not quiet)
     save_model(result.model, output)
     frames_path = frames_path or str(Path(output).with_suffix("")) + "-frames.extxyz"
