@@ -3,6 +3,8 @@ representations computed per shard, sweeps as tasks. Selected by ``pytest -k das
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -15,12 +17,14 @@ from molkrr import KernelRidge, MolecularKRR, make_kernel  # noqa: E402
 from molkrr.datasets import load_qm9  # noqa: E402
 from molkrr.errors import InvalidInputError, ShapeMismatchError  # noqa: E402
 from molkrr.representations import make_representation  # noqa: E402
+from molkrr.selection import GridEdgeWarning  # noqa: E402
 from molkrr.solvers.dask import (  # noqa: E402
     DaskNystrom,
     falkon_solve_dask,
     fit_molecular_krr_dask,
     scatter_shards,
     submit_sweep,
+    validation_selection,
     validation_sweep,
 )
 from molkrr.solvers.falkon import choose_centers, falkon_solve  # noqa: E402
@@ -120,3 +124,9 @@ def test_dask_sweeps_run_as_tasks(client, problem):
         for j, lam in enumerate(lams):
             pred = KernelRidge("gaussian", s, lam, solver="cholesky").fit(X[:300], y[:300]).predict(X[300:])
             assert table[i, j] == pytest.approx(np.mean(np.abs(pred - y[300:])), rel=1e-10)
+    with warnings.catch_warnings(record=True) as caught:  # its best cell, as every selection chooses it
+        warnings.simplefilter("always")
+        best = validation_selection(client, X[:300], y[:300], X[300:], y[300:], sigmas, lams, solver="cholesky")
+    i, j = np.unravel_index(np.argmin(table), table.shape)
+    assert (best.sigma, best.lam) == (sigmas[i], lams[j])
+    assert len([w for w in caught if issubclass(w.category, GridEdgeWarning)]) == 1  # two-point grids: on an edge

@@ -536,12 +536,25 @@ class DerivativeKRR(BaseEstimator):
         coef = spd_solve(L, y)
         if progress:
             print(f"derivative KRR: {len(y)} rows solved in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        self._set_weights(env, coef, rows, targets)
+        self.set_solution(env, coef, rows, offset=offset, energies=energies)
         # the maximum-likelihood GP scale s² = yᵀ(K + Λ)⁻¹y / n_rows of the predictive std (molkrr.uncertainty)
         self.gp_scale_ = float(y @ coef) / len(y)
         if L.nbytes <= linalg.KEEP_FACTOR_MAX_BYTES:  # kept for the predictive std (molkrr.derivative_uncertainty)
             self.__dict__[_POSTERIOR] = {"key": self._posterior_key(), "L": L, "env": env}
         del L
+        return self
+
+    def set_solution(self, env: Environments, coef: np.ndarray, rows: np.ndarray, *, offset: float,
+                     energies: np.ndarray) -> "DerivativeKRR":
+        """Become the model of the solved system: coefficients ``coef`` (n_rows,) of the observations laid out
+        by ``rows`` (:func:`row_layout`) over the training environments ``env``, energy offset ``offset``
+        (targets='forces': replaced by the mean residual of ``energies`` (n_mol,), as GDML fixes it). The one
+        place a fit's weights are set: :meth:`fit` (which then adds the GP scale and its factor for the predictive
+        std) and the σ/λ grid of :mod:`molkrr.force_selection`."""
+        targets = check_targets(self.targets)
+        self.__dict__.pop(_POSTERIOR, None)  # no factor of an earlier fit survives new weights
+        self.__dict__.pop("gp_scale_", None)
+        self._set_weights(env, coef, rows, targets)
         self.offset_ = offset
         if targets == "forces":  # GDML: the offset is the mean residual of the training energies
             self.offset_ = float(np.mean(energies - self.predict_env(env)))

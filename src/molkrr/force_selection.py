@@ -4,15 +4,18 @@
 later block of it (MD frames are correlated: a random split would leak), by force MAE when forces
 are trained and energy MAE otherwise. One Gram matrix is built per σ and re-factorised per λ.
 The ridges are searched as multiples of the mean diagonal of the energy and gradient blocks (one
-relative grid for both), so the grid does not depend on the energy unit. A choice on the edge of
-its grid raises a :class:`GridEdgeWarning`: the optimum may lie beyond it.
+relative grid for both), so the grid does not depend on the energy unit. The search itself, its result
+and the one :class:`GridEdgeWarning` for a choice on the edge of its grid are :mod:`molkrr.selection`'s.
+
+:meth:`molkrr.MolecularKRR.fit` takes its derivative-observation branch from here:
+:func:`derivative_hyperparameters` (the σ, λ, λ_F it was given, the others selected) and
+:func:`fit_derivative_krr` (the fitted :class:`~molkrr.derivative_krr.DerivativeKRR`); the model sets its own
+fitted attributes.
 """
 
 from __future__ import annotations
 
 import sys
-import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,7 @@ from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchErro
 from .kernels import make_kernel
 from .linalg import spd_factor, spd_solve
 from .molecules import Molecules
+from .selection import DEFAULT_LAMS, GridEdgeWarning, SelectionResult, search_grid, select_hyperparameters
 
 #: Relative ridges (multiples of the mean diagonal of the energy / gradient blocks).
 DEFAULT_RELATIVE_LAMS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
@@ -45,21 +49,8 @@ MAX_ENERGY_SELECTION = 2000
 DEFAULT_ENERGY_SIGMA_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
-class GridEdgeWarning(UserWarning):
-    """A selected hyperparameter lies on the edge of its grid."""
-
-
-@dataclass
-class ForceSelection:
-    """Result of :func:`select_force_hyperparameters`: the chosen σ, λ (energy rows), λ_F (gradient
-    rows), the score (validation MAE, forces if trained else energies) and the table of all scores
-    as (σ, λ, λ_F, energy MAE, force MAE or NaN)."""
-
-    sigma: float
-    lam: float
-    lam_forces: float
-    score: float
-    table: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+#: The result of :func:`select_force_hyperparameters` (the one selection result, :mod:`molkrr.selection`).
+ForceSelection = SelectionResult
 
 
 def select_force_hyperparameters(
@@ -76,13 +67,16 @@ def select_force_hyperparameters(
     validation_fraction: float = 0.2,
     max_train: int = MAX_SELECTION_TRAIN,
     progress: bool = False,
-) -> ForceSelection:
+) -> SelectionResult:
     """Choose σ, λ, λ_F by validation error on a later block of ``mols`` (a fitted representation).
 
     sigmas : grid of σ (default: :data:`DEFAULT_SIGMA_FACTORS` × the median environment distance).
     lams, lam_forces : grids of absolute ridges for the energy and gradient rows; when both are None
         one relative grid (:data:`DEFAULT_RELATIVE_LAMS` × each block's mean diagonal) is searched.
         A grid of one value fixes that ridge.
+    The search is :func:`molkrr.selection.search_grid` (one :class:`GridEdgeWarning` for a choice on an edge).
+    Returns a :class:`molkrr.selection.SelectionResult` with ``lam_forces`` and ``table`` (one row
+    (σ, λ, λ_F, energy MAE, force MAE or NaN) per cell fitted).
     """
     targets = check_targets(targets)
     base = make_kernel(kernel)
@@ -110,61 +104,70 @@ def select_force_hyperparameters(
     f_rows = ~e_rows
     relative = lams is None and lam_forces is None
     model = DerivativeKRR(base, None, 0.0, 0.0, targets, center)
-    table = []
-    best = None
-    for sigma in sigmas:
-        kern = base.with_sigma(sigma)
-        model.kernel, model.sigma = kern, sigma
-        K = gram_matrix(kern, env, targets, rows)
-        de = float(np.mean(np.diagonal(K)[e_rows])) if e_rows.any() else 1.0
-        df = float(np.mean(np.diagonal(K)[f_rows])) if f_rows.any() else 1.0
-        le = [r * de for r in DEFAULT_RELATIVE_LAMS] if lams is None else list(np.atleast_1d(lams))
-        lf = [r * df for r in DEFAULT_RELATIVE_LAMS] if lam_forces is None else list(np.atleast_1d(lam_forces))
-        if targets == "energy":
-            lf = lf[:1]
-        if targets == "forces":
-            le = le[:1]
-        if relative and targets == "energy+forces":  # one relative grid for both kinds of rows
-            pairs = list(zip(le, lf))
-        else:
-            pairs = [(a, b) for a in le for b in lf]
-        for lam_e, lam_f in pairs:
-            diag = np.where(e_rows, lam_e, lam_f)
-            try:
-                L, _ = spd_factor(lambda: _with_diagonal(K, diag), 0.0)
-            except Exception:  # a cell that cannot be factorised is skipped, as in krr's selection
-                continue
-            coef = spd_solve(L, y)
-            del L
-            model._set_weights(env, coef, rows, targets)
-            model.offset_ = offset
+    table: list[tuple[float, float, float, float, float]] = []
+
+    def cells():  # per σ: one Gram matrix, one Cholesky per (λ, λ_F) cell
+        for sigma in sigmas:
+            kern = base.with_sigma(sigma)
+            model.set_params(kernel=kern, sigma=sigma)
+            K = gram_matrix(kern, env, targets, rows)
+            de = float(np.mean(np.diagonal(K)[e_rows])) if e_rows.any() else 1.0
+            df = float(np.mean(np.diagonal(K)[f_rows])) if f_rows.any() else 1.0
+            le = [r * de for r in DEFAULT_RELATIVE_LAMS] if lams is None else list(np.atleast_1d(lams))
+            lf = [r * df for r in DEFAULT_RELATIVE_LAMS] if lam_forces is None else list(np.atleast_1d(lam_forces))
+            if targets == "energy":
+                lf = lf[:1]
             if targets == "forces":
-                model.offset_ = float(np.mean(e_fit - model.predict_env(env)))
-            e_mae, f_mae = _validation_errors(rep, model, val_mols, val_env, e_val, targets)
-            table.append((float(sigma) if sigma is not None else float("nan"), lam_e, lam_f, e_mae, f_mae))
-            score = f_mae if targets != "energy" else e_mae
-            if progress:
-                print(f"  sigma={sigma:.4g} lam={lam_e:.2e} lam_forces={lam_f:.2e}: energy MAE {e_mae:.4g}, "
-                      f"force MAE {f_mae:.4g}", file=sys.stderr)
-            if np.isfinite(score) and (best is None or score < best[0]):
-                best = (score, sigma, lam_e, lam_f)
-        del K
-    if best is None:
-        raise InvalidInputError("no hyperparameter cell could be fitted (all kernel matrices failed to factorise)")
-    score, sigma, lam_e, lam_f = best
-    _warn_on_edges(table, sigma, lam_e, lam_f, targets)
-    return ForceSelection(float(sigma) if sigma is not None else None, float(lam_e), float(lam_f), float(score),
-                          table)
+                le = le[:1]
+            if relative and targets == "energy+forces":  # one relative grid for both kinds of rows
+                pairs = list(zip(le, lf))
+            else:
+                pairs = [(a, b) for a in le for b in lf]
+            scores = np.full(len(pairs), np.inf)
+            for c, (lam_e, lam_f) in enumerate(pairs):
+                diag = np.where(e_rows, lam_e, lam_f)
+                try:
+                    L, _ = spd_factor(lambda: _with_diagonal(K, diag), 0.0)
+                except Exception:  # a cell that cannot be factorised is skipped (score inf, no table row)
+                    continue
+                coef = spd_solve(L, y)
+                del L
+                model.set_solution(env, coef, rows, offset=offset, energies=e_fit)
+                e_mae, f_mae = _validation_errors(rep, model, val_mols, val_env, e_val, targets)
+                table.append((float(sigma) if sigma is not None else float("nan"), lam_e, lam_f, e_mae, f_mae))
+                scores[c] = f_mae if targets != "energy" else e_mae
+                if progress:
+                    print(f"  sigma={sigma:.4g} lam={lam_e:.2e} lam_forces={lam_f:.2e}: energy MAE {e_mae:.4g}, "
+                          f"force MAE {f_mae:.4g}", file=sys.stderr)
+            del K
+            yield [p[0] for p in pairs], [p[1] for p in pairs], scores
+
+    grid = [float(s) if s is not None else float("nan") for s in sigmas]
+    return search_grid(grid, cells(), has_length_scale=sigmas[0] is not None, table=table)
 
 
-def fit_derivative_model(model: Any, mols: Molecules, y: np.ndarray, *, progress: bool = False) -> Any:
-    """The derivative-observation branch of :meth:`molkrr.MolecularKRR.fit` (representation_ fitted)."""
-    if model.metric is not None:
-        raise InvalidInputError("a learned metric is not supported with force targets or local kernels (yet)")
-    targets = check_targets(model.targets)
-    kernel = make_kernel(model.kernel)
-    sigma = model.sigma if model.sigma is not None or isinstance(model.kernel, str) else kernel.sigma
-    lam, lam_f = model.lam, model.lam_forces
+def derivative_hyperparameters(
+    rep: Any,
+    mols: Molecules,
+    energies: np.ndarray,
+    *,
+    kernel: Any,
+    targets: str,
+    sigma: float | None,
+    lam: float | None,
+    lam_forces: float | None,
+    center: bool = True,
+    progress: bool = False,
+) -> tuple[float | None, float, float]:
+    """(σ, λ, λ_F) of a derivative-observation or local-kernel model: the given ones, the others selected
+    (energies only: :func:`select_local_energy_hyperparameters`; force targets: :func:`select_force_hyperparameters`).
+
+    rep : the fitted representation; energies (n_mol,) what the model fits (after its baseline). A ridge the
+    targets do not use (λ_F for 'energy', λ for 'forces') defaults to 0.
+    """
+    targets = check_targets(targets)
+    kernel = make_kernel(kernel)
+    lam_f = lam_forces
     if targets == "energy":
         lam_f = 0.0 if lam_f is None else lam_f
     if targets == "forces":
@@ -172,45 +175,55 @@ def fit_derivative_model(model: Any, mols: Molecules, y: np.ndarray, *, progress
     need = (kernel.has_length_scale and sigma is None) or lam is None or lam_f is None
     if need and targets == "energy":  # energies only: one Gram per σ grid, one eigendecomposition per σ
         sel = select_local_energy_hyperparameters(
-            model.representation_, mols, y, kernel=kernel, sigmas=None if sigma is None else [sigma],
-            lams=None if lam is None else [lam], center=model.center, progress=progress)
+            rep, mols, energies, kernel=kernel, sigmas=None if sigma is None else [sigma],
+            lams=None if lam is None else [lam], center=center, progress=progress)
         sigma, lam = sel.sigma, sel.lam
         if progress:
             print(f"selected sigma={sigma}, lam={lam:.3g} (validation MAE {sel.score:.4g})", file=sys.stderr)
     elif need:
         sel = select_force_hyperparameters(
-            model.representation_, mols, y, kernel=kernel, targets=targets,
+            rep, mols, energies, kernel=kernel, targets=targets,
             sigmas=None if sigma is None else [sigma],
             lams=None if lam is None else [lam],
             lam_forces=None if lam_f is None else [lam_f],
-            center=model.center, progress=progress)
+            center=center, progress=progress)
         sigma, lam, lam_f = sel.sigma, sel.lam, sel.lam_forces
         if progress:
             print(f"selected sigma={sigma}, lam={lam:.3g}, lam_forces={lam_f:.3g} (validation MAE {sel.score:.4g})",
                   file=sys.stderr)
-    model.metric_ = None
-    model.sigma_ = float(sigma) if kernel.has_length_scale else None
-    model.lam_ = float(lam)
-    model.lam_forces_ = float(lam_f)
-    if getattr(model, "n_sparse", None) is not None:  # inducing environments (molkrr.solvers.sparse_local)
+    return (float(sigma) if kernel.has_length_scale else None), float(lam), float(lam_f)
+
+
+def fit_derivative_krr(
+    rep: Any,
+    mols: Molecules,
+    energies: np.ndarray,
+    *,
+    kernel: Any,
+    sigma: float | None,
+    lam: float,
+    lam_forces: float,
+    targets: str,
+    center: bool = True,
+    n_sparse: int | None = None,
+    progress: bool = False,
+) -> DerivativeKRR:
+    """The fitted :class:`DerivativeKRR` of :meth:`molkrr.MolecularKRR.fit`'s derivative-observation branch (force
+    targets, local kernels) at given σ, λ, λ_F: the exact solve, or ``n_sparse`` inducing environments
+    (:mod:`molkrr.solvers.sparse_local`, energies only). rep : the fitted representation; energies (n_mol,)."""
+    targets = check_targets(targets)
+    kernel = make_kernel(kernel).with_sigma(sigma)
+    if n_sparse is not None:  # inducing environments (molkrr.solvers.sparse_local)
         from .solvers.sparse_local import fit_sparse_energies
 
         if targets != "energy":
             raise InvalidInputError("n_sparse (sparse local KRR) trains on energies only so far: use targets='energy'")
-        fit = fit_sparse_energies(model.representation_, mols, y, kernel=kernel.with_sigma(model.sigma_),
-                                  lam=model.lam_, n_sparse=model.n_sparse, center=model.center, progress=progress)
-        model.krr_ = DerivativeKRR(kernel.with_sigma(model.sigma_), model.sigma_, model.lam_, model.lam_forces_,
-                                   targets, model.center).set_environment_weights(
+        fit = fit_sparse_energies(rep, mols, energies, kernel=kernel, lam=lam, n_sparse=n_sparse, center=center,
+                                  progress=progress)
+        return DerivativeKRR(kernel, sigma, lam, lam_forces, targets, center).set_environment_weights(
             fit["X"], fit["labels"], fit["beta"], fit["offset"])
-        return model
-    # the training geometries: the predictive std rebuilds the training rows' Jacobians from them (molkrr.uncertainty)
-    model.train_numbers_ = np.array(mols.numbers, dtype=np.int64)
-    model.train_positions_ = np.array(mols.positions, dtype=np.float64)
-    model.train_offsets_ = np.array(mols.offsets, dtype=np.int64)
-    model.krr_ = fit_molecules(model.representation_, mols, kernel=kernel.with_sigma(model.sigma_),
-                               sigma=model.sigma_, lam=model.lam_, lam_forces=model.lam_forces_, targets=targets,
-                               center=model.center, energies=y, progress=progress)
-    return model
+    return fit_molecules(rep, mols, kernel=kernel, sigma=sigma, lam=lam, lam_forces=lam_forces, targets=targets,
+                         center=center, energies=energies, progress=progress)
 
 
 def select_local_energy_hyperparameters(
@@ -225,17 +238,16 @@ def select_local_energy_hyperparameters(
     validation_fraction: float = 0.2,
     max_molecules: int = MAX_ENERGY_SELECTION,
     progress: bool = False,
-) -> Any:
+) -> SelectionResult:
     """σ and λ of an energy-trained model on environments (local kernel), by validation MAE.
 
     At most ``max_molecules`` molecules, evenly spaced, take part: the last ``validation_fraction`` of
     them validate (a later block, as for MD frames; QM9 draws are in random order). The kernel
     matrices of all σ come from one pass of distance GEMMs (:func:`molkrr.local_gram.local_kernel_matrices`)
-    and :func:`molkrr.krr.select_hyperparameters` scores every λ from one eigendecomposition per σ.
+    and :func:`molkrr.selection.select_hyperparameters` scores every λ from one eigendecomposition per σ.
     sigmas : default :data:`DEFAULT_ENERGY_SIGMA_FACTORS` × the median same-element environment distance;
-    lams : default :data:`molkrr.krr.DEFAULT_LAMS`. Returns a :class:`molkrr.krr.SelectionResult`.
+    lams : default :data:`molkrr.selection.DEFAULT_LAMS`. Returns a :class:`molkrr.selection.SelectionResult`.
     """
-    from .krr import DEFAULT_LAMS, select_hyperparameters
     from .local_gram import local_kernel_matrices
 
     n = len(mols)
@@ -283,21 +295,6 @@ def _validation_errors(rep, model, val_mols, val_env, e_val, targets) -> tuple[f
     return float(np.mean(np.abs(E - e_val))), f_mae
 
 
-def _warn_on_edges(table, sigma, lam_e, lam_f, targets) -> None:
-    def edge(values, v, name):
-        grid = sorted(set(values))
-        if len(grid) > 1 and (v == grid[0] or v == grid[-1]):
-            warnings.warn(f"selected {name}={v:.4g} lies on the edge of its grid [{grid[0]:.3g} … {grid[-1]:.3g}]: "
-                          "the optimum may lie beyond it; widen the grid", GridEdgeWarning, stacklevel=4)
-
-    if sigma is not None:
-        edge([t[0] for t in table], float(sigma), "sigma")
-    if targets != "forces":
-        edge([t[1] for t in table if t[0] == sigma], lam_e, "lam")
-    if targets != "energy":
-        edge([t[2] for t in table if t[0] == sigma], lam_f, "lam_forces")
-
-
-__all__ = ["DEFAULT_ENERGY_SIGMA_FACTORS", "median_environment_distance", "DEFAULT_RELATIVE_LAMS", "DEFAULT_SIGMA_FACTORS", "ForceSelection",
-           "GridEdgeWarning", "MAX_ENERGY_SELECTION", "fit_derivative_model", "select_force_hyperparameters",
-           "select_local_energy_hyperparameters"]
+__all__ = ["DEFAULT_ENERGY_SIGMA_FACTORS", "DEFAULT_RELATIVE_LAMS", "DEFAULT_SIGMA_FACTORS", "ForceSelection",
+           "GridEdgeWarning", "MAX_ENERGY_SELECTION", "derivative_hyperparameters", "fit_derivative_krr",
+           "median_environment_distance", "select_force_hyperparameters", "select_local_energy_hyperparameters"]

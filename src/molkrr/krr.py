@@ -1,4 +1,4 @@
-"""Kernel ridge regression on feature matrices, and selection of (σ, λ).
+"""Kernel ridge regression on feature matrices (σ/λ selection: :mod:`molkrr.selection`, re-exported here).
 
 The model is ŷ(x) = ȳ + Σ_m α_m k(x, x_m) with α = (K + λI)⁻¹ (y − ȳ), found by a solver of the
 registry (:mod:`molkrr.solvers.registry`; the exact one is a Cholesky, :mod:`molkrr.solvers.cholesky`);
@@ -9,7 +9,6 @@ registry (:mod:`molkrr.solvers.registry`; the exact one is a Cholesky, :mod:`mol
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,12 +18,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._validation import as_molkrr_error
 from .backends import get_backend, is_numpy
 from .errors import InvalidInputError, ShapeMismatchError
-from .kernels import Kernel, KernelField, make_kernel, squared_distances
+from .kernels import Kernel, KernelField, make_kernel
 from .schema import (MAX_ABS_COEFFICIENT, MAX_ABS_FEATURE, Bool, Choice, Custom, FloatArray, Int, Number, Schema, Sigma,
                      Text, fail, float_array, number)
 
-#: The λ grid searched when λ is not given.
-DEFAULT_LAMS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
 #: Query rows per block in ``predict``: bounds the (block, n_train) kernel temporary.
 PREDICT_BLOCK = 4096
 
@@ -111,7 +108,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         if not (np.isfinite(self.lam) and self.lam >= 0):
             raise InvalidInputError(f"lam must be a finite number ≥ 0, got {self.lam}")
         kernel = self.kernel_
-        from .uncertainty import forget_factor, remember_factor  # predictive std: the kept Cholesky factor
+        from .uncertainty import forget_factor  # predictive std: the kept Cholesky factor
 
         forget_factor(self)
         self.y_mean_ = np.mean(y, axis=0) if self.center else np.zeros(y.shape[1:])
@@ -124,9 +121,27 @@ class KernelRidge(RegressorMixin, BaseEstimator):
                 raise InvalidInputError(
                     f"solver {spec.name!r} reads the parameter {name!r}, which {type(self).__name__} does not have"
                 )
-        self.solver_ = spec.name
         be = get_backend(self.backend, self.device)
         result = spec.fit(self, kernel, X, y - self.y_mean_, backend=be, progress=progress)
+        return self.set_fitted_solution(result, solver=spec.name, y_mean=self.y_mean_)
+
+    def set_fitted_solution(self, result: Any, *, solver: str, y_mean: Any) -> "KernelRidge":
+        """Become the model ŷ(x) = y_mean + Σ_m α_m k(x, x_m) that a solver found: the one place a fit's
+        attributes are set, used by :meth:`fit` and by solvers that run outside it (:mod:`molkrr.solvers.dask`).
+
+        result : a :class:`molkrr.solvers.registry.SolverFit` (rows X_fit (m, d), α (m,) or (m, t), the λ used,
+            further attributes, optionally the Cholesky factor); solver : its name (``solver_``);
+            y_mean : the mean added back in predictions (0 for ``center=False``). Returns self.
+        """
+        from .uncertainty import forget_factor, remember_factor  # predictive std: the kept Cholesky factor
+
+        forget_factor(self)
+        shape, alpha_shape = np.shape(result.X_fit), np.shape(result.alpha)
+        if len(shape) != 2 or alpha_shape[:1] != shape[:1]:
+            raise ShapeMismatchError(f"a solution needs X_fit (m, d) and alpha (m,) or (m, t), got {shape} and {alpha_shape}")
+        self.n_features_in_ = int(shape[1])
+        self.solver_ = solver
+        self.y_mean_ = y_mean
         self.X_fit_, self.alpha_, self.lam_ = result.X_fit, result.alpha, result.lam
         for name, value in result.attributes.items():
             setattr(self, name, value)
@@ -313,141 +328,5 @@ _SCHEMA = Schema(
 
 
 # ----------------------------------------------------------------------------- selection
-@dataclass
-class SelectionResult:
-    """Outcome of :func:`select_hyperparameters`: the best (σ, λ) and the whole score table."""
-
-    sigma: float | None
-    lam: float
-    score: float
-    sigmas: np.ndarray
-    lams: np.ndarray
-    scores: np.ndarray = field(repr=False)  # (n_sigmas, n_lams) mean validation MAE
-
-
-def default_sigmas(X: np.ndarray, kernel: "str | Kernel" = "gaussian", n: int = 11, random_state: int = 0) -> np.ndarray:
-    """A log-spaced σ grid around the median pairwise distance of (a subsample of) X: median × 2^[−3, 7].
-
-    The upper end reaches ~100× the median: tuned Gaussian σ on QM9 features sit near 13× it.
-    """
-    rng = np.random.default_rng(random_state)
-    sub = X[rng.choice(X.shape[0], size=min(X.shape[0], 1000), replace=False)]
-    d2 = squared_distances(sub, sub)[np.triu_indices(sub.shape[0], 1)]
-    if make_kernel(kernel).name == "laplacian":
-        from scipy.spatial.distance import pdist
-
-        med = float(np.median(pdist(sub, "cityblock")))
-    else:
-        med = float(np.sqrt(np.median(d2)))
-    med = med if med > 0 else 1.0
-    return med * 2.0 ** np.linspace(-3, 7, n)
-
-
-def select_hyperparameters(
-    X: Any,
-    y: Any,
-    *,
-    kernel: "str | Kernel" = "gaussian",
-    sigmas: Any = None,
-    lams: Any = DEFAULT_LAMS,
-    cv: int | None = None,
-    validation_fraction: float = 0.2,
-    center: bool = True,
-    random_state: int = 0,
-    progress: bool = False,
-    validation_rows: Any = None,
-    gram: Callable[[list[Kernel]], Any] | None = None,
-) -> SelectionResult:
-    """Choose (σ, λ) by mean absolute error on a validation split (``cv=None``) or by k-fold CV.
-
-    One eigendecomposition K = QΛQᵀ per (σ, fold) serves every λ: α(λ) = Q (Λ + λ)⁻¹ Qᵀ y.
-    X : (n, d) features, y : (n,) targets; kernel : a name or a kernel object. Kernels without a
-    length scale (``Linear``) have only λ selected (``sigma`` of the result is then None).
-    validation_rows : indices of the rows that form the validation set (the others train); replaces
-    the random split and ``cv``, for a given train/validation split.
-    gram : the hook for samples that are not feature rows (e.g. molecules under the local kernel,
-        :func:`molkrr.local_gram.local_kernel_matrices`): ``gram(kernels)`` returns the (n, n) kernel
-        matrix of the n samples for each kernel (one per σ); X is then unused (may be None) and
-        ``sigmas`` must be given for kernels with a length scale.
-    Returns a :class:`SelectionResult`.
-    """
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
-    base_kernel = make_kernel(kernel)
-    if gram is None:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[0] != y.shape[0]:
-            raise ShapeMismatchError(f"X of shape {X.shape} and y of shape {y.shape} do not match")
-        if not np.isfinite(X).all():
-            raise InvalidInputError("X and y must not contain NaN or infinity")
-    elif sigmas is None and base_kernel.has_length_scale:
-        raise InvalidInputError("select_hyperparameters with a gram hook needs sigmas")
-    if not np.isfinite(y).all():
-        raise InvalidInputError("X and y must not contain NaN or infinity")
-    if y.shape[0] < 2:
-        raise InvalidInputError(f"need at least 2 samples to select hyperparameters, got {y.shape[0]}")
-    if cv is None and not 0 < validation_fraction < 1:
-        raise InvalidInputError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
-    n = y.shape[0]
-    rng = np.random.default_rng(random_state)
-    perm = rng.permutation(n)
-    if validation_rows is not None:
-        val_rows = np.unique(np.asarray(validation_rows, dtype=np.int64).reshape(-1))
-        if val_rows.size == 0 or val_rows.size >= n or val_rows[0] < 0 or val_rows[-1] >= n:
-            raise InvalidInputError(f"validation_rows must be between 1 and n-1 = {n - 1} distinct row indices in [0, {n})")
-        folds = [val_rows]
-    elif cv is None:
-        n_val = min(max(1, int(round(validation_fraction * n))), n - 1)
-        folds = [perm[:n_val]]
-    else:
-        if cv < 2 or cv > n:
-            raise InvalidInputError(f"cv must be between 2 and n={n}, got {cv}")
-        folds = np.array_split(perm, cv)
-    if not base_kernel.has_length_scale:
-        sigmas = np.array([np.nan])  # one "σ" row: only λ is selected
-    elif sigmas is None:
-        sigmas = default_sigmas(X, base_kernel)
-    else:
-        sigmas = np.asarray(sigmas, dtype=np.float64).reshape(-1)
-    lams = np.asarray(lams, dtype=np.float64).reshape(-1)
-    if lams.size == 0 or not (np.isfinite(lams).all() and (lams >= 0).all()):
-        raise InvalidInputError(f"lams must be finite numbers ≥ 0, got {lams}")
-    if sigmas.size == 0:
-        raise InvalidInputError("sigmas must not be empty")
-    kernels = [base_kernel.with_sigma(float(s)) if base_kernel.has_length_scale else base_kernel for s in sigmas]
-    for k in kernels:
-        if k.has_length_scale:
-            k.checked_sigma()  # rejects σ ≤ 0, NaN, inf before any work
-    scores = np.zeros((len(sigmas), len(lams)))
-    steps = list(enumerate(kernels))
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="selecting sigma, lambda", unit="sigma")
-    for (i, k), K in zip(steps, _kernel_matrices(base_kernel, kernels, X, gram)):
-        for val in folds:
-            train = np.setdiff1d(perm, val, assume_unique=True)
-            y_tr = y[train]
-            mean = y_tr.mean() if center else 0.0
-            w, Q = np.linalg.eigh(K[np.ix_(train, train)])
-            qy = Q.T @ (y_tr - mean)
-            KvQ = K[np.ix_(val, train)] @ Q
-            for j, lam in enumerate(lams):
-                pred = KvQ @ (qy / np.maximum(w + lam, np.finfo(float).tiny)) + mean
-                scores[i, j] += np.mean(np.abs(pred - y[val])) / len(folds)
-        del K
-    scores[~np.isfinite(scores)] = np.inf
-    i, j = np.unravel_index(np.argmin(scores), scores.shape)
-    best_sigma = float(sigmas[i]) if base_kernel.has_length_scale else None
-    return SelectionResult(best_sigma, float(lams[j]), float(scores[i, j]), sigmas, lams, scores)
-
-
-def _kernel_matrices(base: Kernel, kernels: list[Kernel], X: Any, gram: Any):
-    """The (n, n) kernel matrix of each kernel in turn: from the hook, or from σ-free distances computed once."""
-    if gram is not None:
-        yield from gram(kernels)
-        return
-    D = base.distances(X, X)
-    K = np.empty_like(D)
-    for k in kernels:
-        K[...] = D
-        yield k.from_distances(K)
+# σ/λ selection lives in molkrr.selection (one search for every fit path); its names stay importable from here.
+from .selection import DEFAULT_LAMS, SelectionResult, default_sigmas, select_hyperparameters  # noqa: E402,F401

@@ -23,7 +23,8 @@ from .applicability import check_elements, training_elements
 from .baseline import baseline_energies, check_baseline, fit_element_energies, resolve_baseline
 from .errors import InvalidInputError, NotDifferentiableError, ShapeMismatchError
 from .kernels import Kernel, make_kernel
-from .krr import DEFAULT_LAMS, KernelRidge, select_hyperparameters
+from .krr import KernelRidge
+from .selection import DEFAULT_LAMS, select_hyperparameters
 from .metric.base_metric import as_metric
 from .molecules import Molecules, as_molecules
 
@@ -135,12 +136,20 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         self.n_sparse = n_sparse
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, molecules: Any, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
-        """Fit on molecules (Molecules or ase.Atoms list) and energies y (default: the molecules' energies)."""
+    def fit(self, molecules: Any, y: Any = None, *, progress: bool = False, steps: "FitSteps | None" = None
+            ) -> "MolecularKRR":
+        """Fit on molecules (Molecules or ase.Atoms list) and energies y (default: the molecules' energies).
+
+        steps : who computes the features and solves the KRR of the energy path with a global representation
+            (default :class:`FitSteps`: here, in memory); :mod:`molkrr.solvers.dask` passes its own to shard both
+            over Dask workers. Everything else (checks, representation, baseline, σ/λ, the fitted attributes)
+            is this method's, whoever solves.
+        """
         check_model_params(self)  # molkrr._validation: the one parameter-check helper
         check_baseline(self.baseline)
         for key in TRAINING_GEOMETRY:  # set again by the exact derivative-observation fit only
             self.__dict__.pop(key, None)
+        steps = FitSteps() if steps is None else steps
         mols = as_molecules(molecules)
         y = _energies(mols, y)
         if self.representation is None:
@@ -162,37 +171,54 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
             y = y - baseline_energies(mols, self.baseline_elements_, self.baseline_energies_)
         else:
             self.baseline_elements_, self.baseline_energies_ = np.zeros(0, dtype=np.int64), np.zeros(0)
+        kernel = make_kernel(self.kernel)
+        sigma = self.sigma
+        if sigma is None and not isinstance(self.kernel, str):
+            sigma = kernel.sigma  # the object's own σ, if it has one
         # --- force targets and local kernels: KRR with derivative observations (molkrr.derivative_krr)
         from .derivative_krr import check_targets as check_target_kind
 
-        if check_target_kind(self.targets) != "energy" or is_local(rep):
-            from .force_selection import fit_derivative_model
+        targets = check_target_kind(self.targets)
+        if targets != "energy" or is_local(rep):
+            from .force_selection import derivative_hyperparameters, fit_derivative_krr
 
-            fit_derivative_model(self, mols, y, progress=progress)
-            self.elements_ = training_elements(mols)  # molkrr.applicability: the elements predict accepts
-            return self
+            if self.metric is not None:
+                raise InvalidInputError("a learned metric is not supported with force targets or local kernels (yet)")
+            if not steps.in_memory:
+                raise InvalidInputError(f"{type(steps).__name__} fits energies with a global representation only")
+            sigma, lam, lam_f = derivative_hyperparameters(
+                self.representation_, mols, y, kernel=kernel, targets=targets, sigma=sigma, lam=self.lam,
+                lam_forces=self.lam_forces, center=self.center, progress=progress)
+            krr = fit_derivative_krr(self.representation_, mols, y, kernel=kernel, sigma=sigma, lam=lam,
+                                     lam_forces=lam_f, targets=targets, center=self.center, n_sparse=self.n_sparse,
+                                     progress=progress)
+            if self.n_sparse is None:  # the predictive std rebuilds the training rows' Jacobians from these (molkrr.uncertainty)
+                self.train_numbers_ = np.array(mols.numbers, dtype=np.int64)
+                self.train_positions_ = np.array(mols.positions, dtype=np.float64)
+                self.train_offsets_ = np.array(mols.offsets, dtype=np.int64)
+            return self._fitted(mols, None, sigma, lam, krr, lam_forces=lam_f)
         # --- energies with a global representation: KernelRidge
-        X = transform_in_chunks(self.representation_, mols, progress=progress)
-        if X.shape[0] != len(mols):
+        X = steps.features(self.representation_, mols, progress=progress)
+        if steps.in_memory and X.shape[0] != len(mols):
             raise ShapeMismatchError(
                 f"{type(rep).__name__} gives {X.shape[0]} feature rows for {len(mols)} molecules; MolecularKRR "
                 "needs one row per molecule (use a global representation, e.g. FCHL19(form='global'))"
             )
+        lam = self.lam
+        needs_selection = (kernel.has_length_scale and sigma is None) or lam is None
+        if not steps.in_memory and (needs_selection or (self.metric is not None and not self.prefit_metric)):
+            raise InvalidInputError(f"{type(steps).__name__} needs sigma and lam given and no metric, or a prefit one "
+                                    "(prefit_metric=True): selection and metric learning need the features in memory")
         if self.metric is not None and self.prefit_metric:
             check_is_fitted(self.metric)
-            self.metric_ = copy.deepcopy(self.metric)
-            X = self.metric_.transform(X)
+            metric = copy.deepcopy(self.metric)
+            X = steps.transform(metric, X)
         elif self.metric is not None:
-            self.metric_ = clone(self.metric).fit(X, y)
-            X = self.metric_.transform(X)
+            metric = clone(self.metric).fit(X, y)
+            X = metric.transform(X)
         else:
-            self.metric_ = None
-        kernel = make_kernel(self.kernel)
-        sigma, lam = self.sigma, self.lam
-        if sigma is None and not isinstance(self.kernel, str):
-            sigma = kernel.sigma  # the object's own σ, if it has one
-        needs_sigma = kernel.has_length_scale and sigma is None
-        if needs_sigma or lam is None:
+            metric = None
+        if needs_selection:  # molkrr.selection: one eigendecomposition per σ, one grid-edge warning
             sel = select_hyperparameters(
                 X,
                 y,
@@ -203,15 +229,26 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
                 progress=progress,
             )
             sigma, lam = sel.sigma, sel.lam
-        self.sigma_ = float(sigma) if kernel.has_length_scale else None
-        self.lam_ = float(lam)
+        sigma = float(sigma) if kernel.has_length_scale else None
         if progress:
-            width = f"sigma={self.sigma_:.4g}, " if self.sigma_ is not None else ""
-            print(f"solving the kernel system of {len(y)} molecules ({width}lambda={lam:.1e})", file=sys.stderr)
-        self.krr_ = KernelRidge(
-            self.kernel, self.sigma_, self.lam_, self.center, solver=self.solver, n_centers=self.n_centers,
+            width = f"sigma={sigma:.4g}, " if sigma is not None else ""
+            print(f"solving the kernel system of {len(y)} molecules ({width}lambda={float(lam):.1e})", file=sys.stderr)
+        krr = KernelRidge(
+            self.kernel, sigma, float(lam), self.center, solver=self.solver, n_centers=self.n_centers,
             backend=self.backend, device=self.device,
-        ).fit(X, y, progress=progress)
+        )
+        krr = steps.solve(krr, X, y, progress=progress)
+        return self._fitted(mols, metric, sigma, lam, krr)
+
+    def _fitted(self, mols: Molecules, metric: Any, sigma: float | None, lam: float, krr: Any, *,
+                lam_forces: float | None = None) -> "MolecularKRR":
+        """Set the fitted attributes of every fit path at one place (the baseline and representation_ are set above)."""
+        self.metric_ = metric
+        self.sigma_ = sigma
+        self.lam_ = float(lam)
+        if lam_forces is not None:
+            self.lam_forces_ = float(lam_forces)
+        self.krr_ = krr
         self.elements_ = training_elements(mols)  # molkrr.applicability: the elements predict accepts
         return self
 
@@ -336,6 +373,34 @@ def transform_in_chunks(rep: Any, mols: Molecules, *, progress: bool = False, ch
     starts = range(0, len(mols), chunk)
     parts = [rep.transform(mols[s : s + chunk]) for s in tqdm(starts, desc=type(rep).__name__, unit="chunk", file=sys.stderr)]
     return np.concatenate(parts)
+
+
+class FitSteps:
+    """The steps of :meth:`MolecularKRR.fit`'s energy path (global representation) that an executor may take over.
+
+    The default computes here, in memory. :class:`molkrr.solvers.dask.DaskFitSteps` keeps the features on
+    Dask workers (``in_memory = False``: the fit then needs σ, λ given and no metric or a prefit one).
+    """
+
+    #: The features are an (n, d) array in this process (σ/λ selection and metric learning can read them).
+    in_memory = True
+
+    def features(self, rep: Any, mols: Molecules, *, progress: bool = False) -> Any:
+        """The training features of ``mols`` under the fitted ``rep``: (n_molecules, d)."""
+        return transform_in_chunks(rep, mols, progress=progress)
+
+    def transform(self, metric: Any, X: Any) -> Any:
+        """The features through a fitted metric, z = A x: (n_molecules, n_components)."""
+        return metric.transform(X)
+
+    def solve(self, krr: KernelRidge, X: Any, y: np.ndarray, *, progress: bool = False) -> KernelRidge:
+        """``krr`` (unfitted, σ and λ set) fitted on the features X and energies y (n_molecules,)."""
+        return krr.fit(X, y, progress=progress)
+
+
+def energies_of(mols: Molecules, y: Any = None) -> np.ndarray:
+    """The training energies (n_molecules,): ``y`` checked against ``mols``, or the molecules' own energies."""
+    return _energies(mols, y)
 
 
 def _energies(mols: Molecules, y: Any) -> np.ndarray:

@@ -165,27 +165,28 @@ def tune_krr(X, y, Xv, yv, Xt, yt, *, previous: dict | None, full_grid_max: int,
     """Validation-tuned Gaussian KRR: {'sigma', 'lam', 'val_mae', 'test_mae'}.
 
     Up to ``full_grid_max`` training points: σ = median distance × 2^``sigma_exponents`` ([−1..7]) and λ in ``lams``,
-    one eigendecomposition per σ (:func:`molkrr.krr.select_hyperparameters`). Above: the optimum only
+    one eigendecomposition per σ (:func:`molkrr.selection.select_hyperparameters`). Above: the optimum only
     moves to larger σ and smaller λ as n grows (docs/paper.md), so a local grid σ* × {1, √2},
     λ* × {1, 0.1} around the previous size's optimum, one Cholesky per cell.
     """
-    from .krr import select_hyperparameters
+    from .selection import choose_from_scores, select_hyperparameters
 
     n = X.shape[0]
     if previous is None or n <= full_grid_max:
         sigmas = _median_distance(X) * 2.0 ** np.asarray(sigma_exponents, dtype=float)
         sel = select_hyperparameters(np.vstack([X, Xv]), np.concatenate([y, yv]), sigmas=sigmas,
                                      lams=lams, validation_rows=np.arange(n, n + len(yv)))
-        cells = [(float(sel.sigma), float(sel.lam))]
-    else:
-        s0, l0 = previous["sigma"], previous["lam"]
-        cells = [(s0 * f, max(l0 * g, 1e-11)) for f in (1.0, math.sqrt(2.0)) for g in (1.0, 0.1)]
-    best = None
-    for sigma, lam in cells:
+        sigma, lam = float(sel.sigma), float(sel.lam)
         v, t = krr_maes(X, y, Xv, yv, Xt, yt, sigma, lam)
-        if best is None or v < best["val_mae"]:
-            best = {"sigma": sigma, "lam": lam, "val_mae": v, "test_mae": t}
-    return best
+        return {"sigma": sigma, "lam": lam, "val_mae": v, "test_mae": t}
+    # the local grid around the previous optimum, one Cholesky per cell, chosen as every selection chooses (its
+    # two-point axes always have the choice on an edge: that is the point of a step, so no grid-edge warning)
+    s0, l0 = previous["sigma"], previous["lam"]
+    sigmas, lams = [s0, s0 * math.sqrt(2.0)], [max(l0, 1e-11), max(l0 * 0.1, 1e-11)]
+    maes = np.array([[krr_maes(X, y, Xv, yv, Xt, yt, s, lam) for lam in lams] for s in sigmas])  # (σ, λ, val/test)
+    sel = choose_from_scores(sigmas, lams, maes[..., 0], warn=False)
+    i, j = sigmas.index(sel.sigma), lams.index(sel.lam)
+    return {"sigma": sel.sigma, "lam": sel.lam, "val_mae": float(maes[i, j, 0]), "test_mae": float(maes[i, j, 1])}
 
 
 # ------------------------------------------------------------------------------------------- learners

@@ -128,12 +128,14 @@ def _load_frame_sets(path, train_file, valid_file, test_file, split, n_train, n_
 def _select_on_validation(train_set, valid_set, representation, kernel, sigma, lam, unit, quiet):
     """(sigma, lambda) with the least energy MAE on the validation frames (a grid; the given ones fixed).
 
-    The representation is fitted on the training frames; σ's grid is :func:`molkrr.krr.default_sigmas` of the
-    training features; :func:`molkrr.krr.select_hyperparameters` scores every (σ, λ) on the validation rows
-    (``validation_rows``: the training frames train, the validation frames validate).
+    The representation is fitted on the training frames; σ's grid is :func:`molkrr.selection.default_sigmas` of the
+    training features; :func:`molkrr.selection.select_hyperparameters` scores every (σ, λ) on the validation rows
+    (``validation_rows``: the training frames train, the validation frames validate) and warns once when the
+    choice lies on an edge of its grid (shown as a ``warning:`` line by the commands, :func:`._shared._friendly`).
     """
-    from ..krr import DEFAULT_LAMS, KernelRidge, default_sigmas, select_hyperparameters
+    from ..krr import KernelRidge
     from ..representations import make_representation
+    from ..selection import DEFAULT_LAMS, default_sigmas, select_hyperparameters
 
     rep = make_representation(representation).fit(train_set)
     X, Xv = rep.transform(train_set), rep.transform(valid_set)
@@ -144,17 +146,13 @@ def _select_on_validation(train_set, valid_set, representation, kernel, sigma, l
         np.concatenate([X, Xv]), np.concatenate([train_set.energies, valid_set.energies]), kernel=kernel, sigmas=sigmas,
         lams=lams, validation_rows=np.arange(n, n + Xv.shape[0]), progress=not quiet,
     )
-    i, j = np.unravel_index(np.argmin(result.scores), result.scores.shape)
     # the reported MAE is the chosen model's, fitted as training will fit it (the grid's scores come from one
     # eigendecomposition per σ and may differ from it in the last digits)
-    mae = float(np.mean(np.abs(KernelRidge(kernel, sigmas[i], lams[j]).fit(X, train_set.energies).predict(Xv)
+    mae = float(np.mean(np.abs(KernelRidge(kernel, result.sigma, result.lam).fit(X, train_set.energies).predict(Xv)
                                - valid_set.energies)))
-    click.echo(f"selected on {len(valid_set)} validation frames: sigma={sigmas[i]:.4g}, lambda={lams[j]:.0e} "
+    click.echo(f"selected on {len(valid_set)} validation frames: sigma={result.sigma:.4g}, lambda={result.lam:.0e} "
                f"(validation MAE {mae:.4g} {unit or ''})".replace(" )", ")"))
-    for name, k, grid in (("sigma", i, sigmas), ("lambda", j, lams)):
-        if len(grid) > 1 and k in (0, len(grid) - 1):
-            click.echo(f"warning: the selected {name} lies on the edge of its grid ({grid[0]:.3g} .. {grid[-1]:.3g})", err=True)
-    return float(sigmas[i]), float(lams[j])
+    return float(result.sigma), float(result.lam)
 
 
 def _report_test_errors(model, test_set, unit):

@@ -6,9 +6,11 @@ and wraps its function in :func:`_friendly` (the exit statuses of :mod:`molkrr.c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import traceback
+import warnings
 from typing import Any, Callable
 
 import click
@@ -28,7 +30,8 @@ def _friendly(func: Callable) -> Callable:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with _edge_warnings_as_lines():
+                return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except MolkrrError as exc:
@@ -48,6 +51,25 @@ def _friendly(func: Callable) -> Callable:
             sys.exit(EXIT_BUG)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _edge_warnings_as_lines():
+    """Each selection's grid-edge warning (molkrr.selection.GridEdgeWarning) as one ``warning:`` line on stderr."""
+    from ..selection import GridEdgeWarning
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, GridEdgeWarning):
+                click.echo(f"warning: {message}", err=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", GridEdgeWarning)
+        yield
 
 
 def _one_line(exc: BaseException) -> str:

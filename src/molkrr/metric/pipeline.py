@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..kernels import Kernel
-from ..krr import KernelRidge, select_hyperparameters
+from ..krr import KernelRidge
+from ..selection import DEFAULT_LAMS, select_hyperparameters
 
 
 @dataclass
@@ -48,8 +49,6 @@ def tuned_krr(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray
 def _select_on_block(Xall, yall, n_train, kernel, progress):
     # select_hyperparameters draws its validation split at random; here the split is given: the
     # training rows first, the validation rows after them.
-    from ..krr import DEFAULT_LAMS
-
     return select_hyperparameters(Xall, yall, kernel=kernel, lams=DEFAULT_LAMS, validation_rows=np.arange(n_train, len(yall)),
                                   progress=progress)
 

@@ -16,8 +16,10 @@ Set-up moves the shards' molecules (or feature rows) to the workers once, and th
 every worker once. Results equal the single-process :func:`~molkrr.solvers.falkon.falkon_solve` up to the
 order of floating-point sums.
 
-Also here: :func:`submit_sweep`, which runs any function over a list of parameter sets (σ, λ, seeds) as
-Dask tasks, and :func:`validation_sweep`, a (σ, λ) validation grid with one task per σ.
+:class:`DaskFitSteps` hands these steps to :meth:`molkrr.MolecularKRR.fit` (its ``steps`` hook), so a Dask fit is
+the model's own fit path (:func:`fit_molecular_krr_dask`). Also here: :func:`submit_sweep`, which runs any function
+over a list of parameter sets (σ, λ, seeds) as Dask tasks, :func:`validation_sweep`, a (σ, λ) validation grid with
+one task per σ, and :func:`validation_selection`, its best cell chosen by :mod:`molkrr.selection`.
 """
 
 from __future__ import annotations
@@ -239,6 +241,47 @@ def centers_from_shards(client: Any, X_parts: Sequence[Any], n_centers: int, ran
     return np.concatenate(client.gather(picks))
 
 
+class DaskFitSteps:
+    """The feature and solve steps of :meth:`molkrr.MolecularKRR.fit` (energies, global representation) over
+    the workers of ``client`` (:class:`molkrr.model.FitSteps`' protocol): features computed per shard where
+    they stay, a prefit metric applied there, and FALKON solved by map-reduce (:func:`falkon_solve_dask`).
+
+    n_shards : shards of the training molecules (default one per worker); tol : CG tolerance (default the
+    KernelRidge's ``cg_tol``). The model's ``n_centers`` sets m (default :func:`~molkrr.solvers.falkon.default_n_centers`).
+    """
+
+    in_memory = False  # the features stay on the workers: σ, λ must be given and a metric prefit
+
+    def __init__(self, client: Any, *, n_shards: int | None = None, tol: float | None = None) -> None:
+        _require_dask()
+        self.client = client
+        self.n_shards = n_shards
+        self.tol = tol
+
+    def features(self, rep: Any, mols: Any, *, progress: bool = False) -> list[Any]:
+        """Futures of the (n_s, d) feature shards, in row order (:func:`shard_features`)."""
+        return shard_features(self.client, rep, mols, self.n_shards)
+
+    def transform(self, metric: Any, X_parts: list[Any]) -> list[Any]:
+        """The shards through the fitted metric, on their workers."""
+        return [self.client.submit(_metric_transform, metric, p, pure=False) for p in X_parts]
+
+    def solve(self, krr: Any, X_parts: list[Any], y: np.ndarray, *, progress: bool = False) -> Any:
+        """``krr`` with FALKON's solution over the shards (solver 'falkon'; centres drawn from the shards)."""
+        from .registry import SolverFit
+
+        krr = krr.set_params(solver="falkon")
+        m = default_n_centers(y.shape[0]) if krr.n_centers is None else int(krr.n_centers)
+        C = centers_from_shards(self.client, X_parts, m, krr.random_state)
+        y_mean = float(np.mean(y)) if krr.center else 0.0
+        res = falkon_solve_dask(
+            self.client, krr.kernel_, X_parts, y - y_mean, krr.lam, C, tol=krr.cg_tol if self.tol is None else self.tol,
+            max_iter=krr.cg_max_iter, progress=progress,
+        )
+        solution = SolverFit(X_fit=C, alpha=res.alpha, lam=float(krr.lam), attributes={"n_iter_": res.n_iter})
+        return krr.set_fitted_solution(solution, solver="falkon", y_mean=np.asarray(y_mean))
+
+
 def fit_molecular_krr_dask(
     client: Any,
     model: Any,
@@ -252,52 +295,16 @@ def fit_molecular_krr_dask(
     """Fit a :class:`molkrr.MolecularKRR` (solver 'falkon', given σ and λ, no metric or a prefit one) with its
     representation computed per shard on the workers and its Nyström system solved there.
 
-    The fitted model is an ordinary MolecularKRR (predictions, forces, model files as always). tol: CG
-    tolerance (default KernelRidge's ``cg_tol``). Returns ``model``.
+    ``model.fit(molecules, y, steps=DaskFitSteps(client, ...))``: the fitted model is an ordinary MolecularKRR
+    (predictions, forces, model files as always). tol: CG tolerance (default KernelRidge's ``cg_tol``).
+    Returns ``model``.
     """
     _require_dask()
-    import copy
-
-    from sklearn.base import clone
-    from sklearn.utils.validation import check_is_fitted
-
-    from ..krr import KernelRidge
-    from ..model import _energies
-    from ..molecules import as_molecules
-    from ..representations.coulomb import CoulombMatrix
-
     if model.sigma is None or model.lam is None:
         raise InvalidInputError("fit_molecular_krr_dask needs sigma and lam (select them at moderate n first)")
     if model.metric is not None and not model.prefit_metric:
         raise InvalidInputError("fit_molecular_krr_dask takes no metric, or a prefit one (prefit_metric=True)")
-    mols = as_molecules(molecules)
-    y = _energies(mols, y)
-    rep = CoulombMatrix() if model.representation is None else clone(model.representation)
-    model.representation_ = rep.fit(mols)
-    X_parts = shard_features(client, model.representation_, mols, n_shards)
-    if model.metric is not None:
-        check_is_fitted(model.metric)
-        model.metric_ = copy.deepcopy(model.metric)
-        X_parts = [client.submit(_metric_transform, model.metric_, p, pure=False) for p in X_parts]
-    else:
-        model.metric_ = None
-    model.sigma_, model.lam_ = float(model.sigma), float(model.lam)
-    krr = KernelRidge(model.kernel, model.sigma_, model.lam_, model.center, solver="falkon", n_centers=model.n_centers)
-    kernel = krr._kernel()
-    m = default_n_centers(len(mols)) if model.n_centers is None else int(model.n_centers)
-    C = centers_from_shards(client, X_parts, m, krr.random_state)
-    y_mean = float(np.mean(y)) if model.center else 0.0
-    res = falkon_solve_dask(
-        client, kernel, X_parts, y - y_mean, model.lam_, C, tol=krr.cg_tol if tol is None else tol,
-        max_iter=krr.cg_max_iter, progress=progress,
-    )
-    krr.X_fit_, krr.alpha_, krr.y_mean_ = C, res.alpha, np.asarray(y_mean)
-    krr.lam_, krr.solver_, krr.n_iter_, krr.n_features_in_ = model.lam_, "falkon", res.n_iter, C.shape[1]
-    model.krr_ = krr
-    from ..applicability import training_elements
-
-    model.elements_ = training_elements(mols)  # the elements predict accepts, as MolecularKRR.fit records
-    return model
+    return model.fit(molecules, y, progress=progress, steps=DaskFitSteps(client, n_shards=n_shards, tol=tol))
 
 
 def _metric_transform(metric: Any, X: np.ndarray) -> np.ndarray:
@@ -357,7 +364,29 @@ def validation_sweep(
     return np.asarray(rows)
 
 
+def validation_selection(
+    client: Any,
+    X: Any,
+    y: Any,
+    X_val: Any,
+    y_val: Any,
+    sigmas: Sequence[float],
+    lams: Sequence[float],
+    *,
+    kernel: str = "gaussian",
+    solver: str = "auto",
+    n_centers: int | None = None,
+) -> Any:
+    """The best (σ, λ) of :func:`validation_sweep`'s table, chosen as every selection chooses
+    (:func:`molkrr.selection.choose_from_scores`: least MAE, one grid-edge warning). A SelectionResult."""
+    from ..selection import choose_from_scores
+
+    table = validation_sweep(client, X, y, X_val, y_val, sigmas, lams, kernel=kernel, solver=solver, n_centers=n_centers)
+    return choose_from_scores(sigmas, lams, table)
+
+
 __all__ = [
+    "DaskFitSteps",
     "DaskNystrom",
     "centers_from_shards",
     "falkon_solve_dask",
@@ -365,5 +394,6 @@ __all__ = [
     "scatter_shards",
     "shard_features",
     "submit_sweep",
+    "validation_selection",
     "validation_sweep",
 ]
