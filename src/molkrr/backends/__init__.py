@@ -38,7 +38,7 @@ predictive std, or None]),
 
 Algorithms are written against these operations and live with their algorithm: the MLKRR and MLKR
 objectives are :mod:`molkrr.metric._array_objectives` (numpy keeps its BLAS-level versions in
-:mod:`molkrr.metric.mlkrr` and :mod:`molkrr.metric.mlkr` for speed). This package imports no
+:mod:`molkrr.metric.mlkrr` and :mod:`molkrr.metric.mlkr` for speed and memory). This package imports no
 algorithm (no :mod:`molkrr.metric`, no :mod:`molkrr.krr`). Adding a backend is one module with such a
 class and one entry in ``_FACTORIES`` below.
 """

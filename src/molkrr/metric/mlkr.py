@@ -64,8 +64,9 @@ def _mlkr(A, X, y, sigma, want_aux=False):
 def objective_on(be: Any):
     """objective(A, X, y, sigma, want_aux=False) → (loss, ∂L/∂A, aux) on the backend ``be``: the version
     written against the array operations (:func:`molkrr.metric._array_objectives.mlkr`), except on numpy,
-    which keeps :func:`_mlkr` above for speed (P built once by in-place dgemm, W in place; the two agree
-    to rounding, tests/test_torch_backend.py)."""
+    which keeps :func:`_mlkr` above for speed (P built once by in-place dgemm, W in place: the generic
+    version took 1.28× its time on numpy, n = 1500, d = 200; the two agree to rounding,
+    tests/test_torch_backend.py)."""
     if be.name == "numpy":  # kept for speed (docstring); the generic version runs here too
         return _mlkr
     return partial(_array_objectives.mlkr, be)
