@@ -27,9 +27,6 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "molkrr"
 #: the model): each entry is one strongly connected component, exactly. A new module joining one of
 #: them, or any other circle, fails the test; when one is removed, delete its entry.
 KNOWN_CYCLES = {
-    # issue 19 item 3: the torch/numpy backend seam imports the private MLKRR/MLKR objectives, which
-    # import the backends (docs/architecture.md, known joints)
-    frozenset({"molkrr.backends", "molkrr.metric.mlkr", "molkrr.metric.mlkrr"}),
     # issue 19 item 3: KernelRidge keeps the Cholesky factor for uncertainty.py (fit, predict with
     # return_std), and uncertainty.py reads KernelRidge models
     frozenset({"molkrr.krr", "molkrr.uncertainty"}),

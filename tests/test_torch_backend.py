@@ -24,6 +24,8 @@ from molkrr.errors import (
 from molkrr.kernels import Matern, make_kernel
 from molkrr.linalg import JitterWarning
 from molkrr.metric import mlkr_loss_and_grad, mlkrr_loss_and_grad
+from molkrr.metric import _array_objectives
+from molkrr.metric.mlkr import _mlkr
 from molkrr.metric.mlkrr import _objective
 from molecule_factory import random_molecules
 
@@ -143,7 +145,7 @@ def test_global_default_and_environment(monkeypatch, rng):
     assert get_backend().name == "torch" and get_backend().device == "cpu"
     m2 = KernelRidge(sigma=2.0, lam=1e-3, backend="numpy").fit(X, y)  # an explicit backend wins
     m2.predict(X[:3])
-    assert not any(k.startswith("_rows_") for k in vars(m2))
+    assert not any(k.startswith("_rows_torch") for k in vars(m2))
     assert molkrr.set_backend is set_backend
 
 
@@ -288,7 +290,7 @@ def test_mlkrr_loss_and_gradient_equal_numpy(device, kernel, components, split):
     close(s, s0)
     # streamed in many row blocks (Q, K′ and K_αα), with the α of the auxiliary output
     k = make_kernel(kernel) if isinstance(kernel, str) else kernel
-    loss1, grad1, aux1 = small_blocks(device).mlkrr(k, *args, want_aux=True)
+    loss1, grad1, aux1 = _array_objectives.mlkrr(small_blocks(device), k, *args, want_aux=True)
     loss2, grad2, aux2 = _objective(k)(*args, want_aux=True)
     close(loss1, loss2)
     close(grad1, grad2)
@@ -312,10 +314,52 @@ def test_mlkr_loss_and_gradient_equal_numpy(device, components, split):
     loss0, grad0 = mlkr_loss_and_grad(A, X, y, 1.5)
     close(*[np.array(v) for v in (mlkr_loss_and_grad(A, X, y, 1.5, backend="torch", device=device)[0], loss0)])
     close(mlkr_loss_and_grad(A, X, y, 1.5, backend="torch", device=device)[1], grad0)
-    loss1, grad1, aux = small_blocks(device).mlkr(A, X, y, 1.5, want_aux=True)
+    loss1, grad1, aux = _array_objectives.mlkr(small_blocks(device), A, X, y, 1.5, want_aux=True)
     close(loss1, loss0)
     close(grad1, grad0)
     assert aux["train_mae"] > 0
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "matern52", Matern(nu=1.5)], ids=str)
+@pytest.mark.parametrize("components", [6, 3])
+def test_objectives_on_the_array_operations_run_on_numpy_too(kernel, components, split):
+    """The objectives written once against the backend operations (what torch runs) equal numpy's BLAS-level
+    ones on the numpy backend, streamed in one block and in many (relative to the largest entry)."""
+    from molkrr.backends.numpy_backend import NumpyBackend
+
+    A, Xa, ya, XA, yA = split
+    A = A[:components]
+    args = (A, Xa, ya, XA, yA, 2.0, 1e-3)
+    k = make_kernel(kernel) if isinstance(kernel, str) else kernel
+    loss0, grad0, aux0 = _objective(k)(*args, want_aux=True)
+    mlkr0 = _mlkr(A, Xa, ya, 1.5, want_aux=True)
+    for block_rows in (4096, 7):
+        be = NumpyBackend()
+        be.block_rows = block_rows
+        loss, grad, aux = _array_objectives.mlkrr(be, k, *args, want_aux=True)
+        close(loss, loss0, rtol=1e-12)
+        assert np.abs(grad - grad0).max() <= 1e-12 * np.abs(grad0).max()
+        assert np.abs(aux["alpha"] - aux0["alpha"]).max() <= 1e-12 * np.abs(aux0["alpha"]).max()
+        loss, grad, aux = _array_objectives.mlkr(be, A, Xa, ya, 1.5, want_aux=True)
+        close(loss, mlkr0[0], rtol=1e-12)
+        assert np.abs(grad - mlkr0[1]).max() <= 1e-12 * np.abs(mlkr0[1]).max()
+
+
+@needs_torch
+def test_one_jitter_policy(monkeypatch, rng):
+    """torch follows molkrr.linalg's jitter schedule (JITTER_STEPS is read from there, not copied)."""
+    import molkrr.linalg
+
+    k = make_kernel("gaussian", 0.3)
+    X = rng.standard_normal((30, 3))
+    X[15:] = X[:15]
+    K = k(X)
+    monkeypatch.setattr(molkrr.linalg, "JITTER_STEPS", (3e-7, 1e-3))
+    with pytest.warns(JitterWarning, match="3e-07 x mean diagonal"):
+        _, lam = get_backend("torch", "cpu").spd_factor(lambda: torch.as_tensor(K.copy()), 0.0)
+    with pytest.warns(JitterWarning, match="3e-07 x mean diagonal"):
+        _, lam0 = molkrr.linalg.spd_factor(lambda: K.copy(), 0.0)
+    assert lam == pytest.approx(lam0, rel=1e-12) and lam0 == pytest.approx(3e-7 * np.mean(np.diag(K)))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -341,11 +385,11 @@ def test_too_large_for_the_device_says_which_n_fits(monkeypatch, split):
     be = small_blocks("cpu")
     monkeypatch.setattr(be, "free_memory", lambda: 20_000)  # bytes
     with pytest.raises(DeviceMemoryError, match=r"fits there up to about n_α = \d+"):
-        be.mlkrr(make_kernel("gaussian"), A, Xa, ya, XA, yA, 2.0, 1e-3)
+        _array_objectives.mlkrr(be, make_kernel("gaussian"), A, Xa, ya, XA, yA, 2.0, 1e-3)
     with pytest.raises(DeviceMemoryError, match=r"KRR fit of up to about n = \d+"):
         be.krr_fit(make_kernel("gaussian", 1.0), Xa, ya, 1e-3)
     with pytest.raises(DeviceMemoryError, match=r"MLKR objective fits there up to about n = \d+"):
-        be.mlkr(A, Xa, ya, 2.0)
+        _array_objectives.mlkr(be, A, Xa, ya, 2.0)
     assert issubclass(DeviceMemoryError, MemoryError)
 
 
@@ -357,13 +401,13 @@ def test_out_of_memory_during_the_objective_is_a_typed_error(monkeypatch, split)
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.20 GiB")
 
-    monkeypatch.setattr(be, "_mlkrr", oom)
+    monkeypatch.setattr(_array_objectives, "_mlkrr", oom)
     with pytest.raises(DeviceMemoryError, match="ran out of memory.*fits there up to about n_α"):
-        be.mlkrr(make_kernel("gaussian"), A, Xa, ya, XA, yA, 2.0, 1e-3)
+        _array_objectives.mlkrr(be, make_kernel("gaussian"), A, Xa, ya, XA, yA, 2.0, 1e-3)
     monkeypatch.setattr(be, "free_memory", lambda: 10**9)  # as on a GPU: sized by the memory free at the start
     # 2 n_α² float64 in 0.9 GB: n_α ≈ 7,500
     with pytest.raises(DeviceMemoryError, match=r"1\.0 GB were free\); the MLKRR objective fits .* n_α = 7,470"):
-        be.mlkrr(make_kernel("gaussian"), A, Xa, ya, XA, yA, 2.0, 1e-3)
+        _array_objectives.mlkrr(be, make_kernel("gaussian"), A, Xa, ya, XA, yA, 2.0, 1e-3)
 
 
 # ------------------------------------------------------------------------------ float32

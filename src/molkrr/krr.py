@@ -16,14 +16,12 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._validation import as_molkrr_error
-from .backends import get_backend, is_numpy
+from .backends import get_backend
 from .errors import InvalidInputError, ShapeMismatchError
 from .kernels import Kernel, KernelField, make_kernel
 from .schema import (MAX_ABS_COEFFICIENT, MAX_ABS_FEATURE, Bool, Choice, Custom, FloatArray, Int, Number, Schema, Sigma,
                      Text, fail, float_array, number)
 
-#: Query rows per block in ``predict``: bounds the (block, n_train) kernel temporary.
-PREDICT_BLOCK = 4096
 
 
 class KernelRidge(RegressorMixin, BaseEstimator):
@@ -167,16 +165,8 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             X = validate_data(self, X, dtype=np.float64, order="C", reset=False)
         except ValueError as exc:
             raise as_molkrr_error(exc) from None
-        kernel = self.kernel_
         be = get_backend(self.backend, self.device)
-        if not is_numpy(be):  # compute backend (issue 13)
-            return be.krr_predict(kernel, X, self._backend_rows(be), self.alpha_) + self.y_mean_
-        out = np.empty((X.shape[0],) + self.alpha_.shape[1:])
-        for start in range(0, X.shape[0], PREDICT_BLOCK):
-            stop = min(start + PREDICT_BLOCK, X.shape[0])
-            D = kernel.distances(X[start:stop], self.X_fit_, b_sqnorms=self._train_sq_norms())
-            out[start:stop] = kernel.from_distances(D) @ self.alpha_
-        return out + self.y_mean_
+        return be.krr_predict(self.kernel_, X, self._backend_rows(be), self.alpha_) + self.y_mean_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -205,19 +195,8 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             raise ShapeMismatchError("gradients need a single-output model (y of shape (n,))")
         if n_active is not None and np.any(X[:, n_active:]):
             n_active = None  # the promise does not hold: use every column
-        kernel = self.kernel_
         be = get_backend(self.backend, self.device)
-        if not is_numpy(be):  # compute backend (issue 13)
-            values, grads = be.krr_value_and_gradient(kernel, X, self._backend_rows(be), self.alpha_, n_active)
-            return values + self.y_mean_, grads
-        values = np.empty(X.shape[0])
-        grads = np.empty_like(X)
-        for start in range(0, X.shape[0], PREDICT_BLOCK):
-            stop = min(start + PREDICT_BLOCK, X.shape[0])
-            values[start:stop], grads[start:stop] = kernel.value_and_gradient(
-                X[start:stop], self.X_fit_, self.alpha_, b_sqnorms=self._train_sq_norms(), n_active=n_active,
-                b_columns=self._train_columns,
-            )
+        values, grads = be.krr_value_and_gradient(self.kernel_, X, self._backend_rows(be), self.alpha_, n_active)
         return values + self.y_mean_, grads
 
     @classmethod
@@ -233,14 +212,9 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             self.__dict__[key] = cached
         return cached[1]
 
-    def _train_columns(self) -> np.ndarray:
-        """X_fit_ᵀ in feature-major order (d, n): built on first use by a one-molecule force call with few
-        active features."""
-        return self._derived("_columns", lambda X: np.ascontiguousarray(X.T))
-
     def _train_sq_norms(self) -> np.ndarray:
-        """‖x_m‖² of the training rows (n,)."""
-        return self._derived("_sq_norms", lambda X: np.einsum("ij,ij->i", X, X))
+        """‖x_m‖² of the training rows (n,), as the numpy backend keeps them."""
+        return self._backend_rows(get_backend("numpy")).sq_norms
 
     def _backend_rows(self, be: Any) -> Any:
         """The training rows as a compute backend keeps them (on its device), uploaded once per fit (issue 13)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
@@ -46,32 +47,62 @@ class JitterWarning(UserWarning):
     """A kernel matrix was not numerically positive definite; a diagonal jitter was added."""
 
 
-def spd_factor(build: Callable[[], np.ndarray], lam: float = 0.0) -> tuple[np.ndarray, float]:
-    """Cholesky factor of K + λI, computed in place in the matrix ``build()`` returns.
+class FactorOps:
+    """The array operations the jitter policy of :func:`spd_factor` needs, here on numpy (float64, in place).
 
-    build : zero-argument callable returning a fresh symmetric (n, n) float64 C-contiguous K; it is
-        called again (instead of keeping a copy of K in memory) if a jitter has to be added.
-    Returns (L, λ used): L's lower triangle is the factor (the upper triangle is garbage); use it
-    with :func:`spd_solve`.
+    A compute backend passes its own (:mod:`molkrr.backends`) so that every backend follows the one policy.
     """
+
+    eps: float = float(np.finfo(np.float64).eps)
+
+    def check(self, K: Any) -> tuple[int, float]:
+        """(n, mean |diagonal|) of the square K (n, n); ValueError if not square, NumericalError if not finite."""
+        if K.ndim != 2 or K.shape[0] != K.shape[1]:
+            raise ValueError(f"kernel matrix must be square, got {K.shape}")
+        if not all(np.isfinite(K[i : i + CHOLESKY_BLOCK]).all() for i in range(0, K.shape[0], CHOLESKY_BLOCK)):
+            raise NumericalError("kernel matrix contains NaN or infinity (check sigma and the features)")
+        return K.shape[0], float(np.mean(np.abs(np.diagonal(K))))
+
+    def try_factor(self, K: Any, shift: float) -> Any:
+        """Lower Cholesky factor of K + shift·I (here in place in K), or None if not numerically positive definite."""
+        np.einsum("ii->i", K)[:] += shift
+        try:
+            cholesky_lower_inplace(K)
+        except np.linalg.LinAlgError:
+            return None
+        return K
+
+    def min_pivot(self, L: Any) -> float:
+        """The smallest diagonal entry of the factor L."""
+        return float(np.min(np.diagonal(L)))
+
+
+def spd_factor(build: Callable[[], Any], lam: float = 0.0, *, ops: FactorOps | None = None) -> tuple[Any, float]:
+    """Cholesky factor of K + λI with molkrr's one jitter policy (:data:`JITTER_STEPS`).
+
+    build : zero-argument callable returning a fresh symmetric (n, n) K (numpy: float64 C-contiguous,
+        factored in place); it is called again (instead of keeping a copy of K in memory) if a jitter
+        has to be added.
+    ops : the backend's :class:`FactorOps` (None: numpy).
+    Returns (L, λ used): on numpy L's lower triangle is the factor (the upper triangle is garbage); use
+    it with :func:`spd_solve`. A jitter of ``JITTER_STEPS[k]`` × mean diagonal is added, growing, when
+    K + λI is not numerically positive definite (failed factorisation, or a pivot² at rounding level:
+    duplicate rows or λ = 0, α would be noise), with a :class:`JitterWarning`; NumericalError if all fail.
+    """
+    ops = _NUMPY_FACTOR_OPS if ops is None else ops
     K = build()
-    if K.ndim != 2 or K.shape[0] != K.shape[1]:
-        raise ValueError(f"kernel matrix must be square, got {K.shape}")
-    if not all(np.isfinite(K[i : i + CHOLESKY_BLOCK]).all() for i in range(0, K.shape[0], CHOLESKY_BLOCK)):
-        raise NumericalError("kernel matrix contains NaN or infinity (check sigma and the features)")
-    n = K.shape[0]
-    scale = float(np.mean(np.abs(np.diagonal(K)))) or 1.0
+    n, scale = ops.check(K)
+    scale = scale or 1.0
     extra = 0.0
     for attempt, rel in enumerate((0.0,) + JITTER_STEPS):
         extra = rel * scale
         if attempt > 0:
+            del K
             K = build()
-        np.einsum("ii->i", K)[:] += lam + extra
-        try:
-            cholesky_lower_inplace(K)
-        except np.linalg.LinAlgError:
+        L = ops.try_factor(K, lam + extra)
+        if L is None:
             continue
-        if np.min(np.diagonal(K)) ** 2 <= n * np.finfo(np.float64).eps * scale:
+        if ops.min_pivot(L) ** 2 <= n * ops.eps * scale:
             continue  # a pivot at rounding level: numerically singular (duplicate rows, λ = 0), α would be noise
         if attempt > 0:
             warnings.warn(
@@ -81,7 +112,7 @@ def spd_factor(build: Callable[[], np.ndarray], lam: float = 0.0) -> tuple[np.nd
                 JitterWarning,
                 stacklevel=3,
             )
-        return K, lam + extra
+        return L, lam + extra
     raise NumericalError(
         f"kernel matrix (n={n}) is not positive definite even with a jitter of {extra:.3g}; "
         "check for NaN features, a sigma far too large, or use a larger lam"
@@ -146,3 +177,6 @@ def cholesky_lower_inplace(A: np.ndarray) -> None:
         for i0 in range(k1, n, b):
             i1 = min(i0 + b, n)
             A[i0:i1, k1:i1] -= P[i0 - k1 : i1 - k1] @ P[: i1 - k1].T
+
+
+_NUMPY_FACTOR_OPS = FactorOps()

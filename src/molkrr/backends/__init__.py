@@ -1,9 +1,9 @@
-"""Compute backends: where the kernel layer, the KRR solve and the metric-learning objectives run.
+"""Compute backends: the array operations molkrr's algorithms are written against, and where they run.
 
-* ``"numpy"`` (default): the code of :mod:`molkrr.kernels`, :mod:`molkrr.linalg`, :mod:`molkrr.krr` and
-  :mod:`molkrr.metric`, on the CPU — unchanged by this module.
-* ``"torch"`` (the ``torch`` extra): the same computations on torch tensors, on the CPU or a CUDA
-  device (:mod:`molkrr.backends.torch_backend`). torch is imported only when this backend is asked for.
+* ``"numpy"`` (default): :class:`~molkrr.backends.numpy_backend.NumpyBackend`, molkrr's numpy/scipy
+  calls (scipy's dgemm, the in-place LAPACK Cholesky of :mod:`molkrr.linalg`) on the CPU.
+* ``"torch"`` (the ``torch`` extra): :class:`~molkrr.backends.torch_backend.TorchBackend`, the same
+  operations on torch tensors, on the CPU or a CUDA device. torch is imported only when asked for.
 
 Estimators (``KernelRidge``, ``MolecularKRR``, ``MLKRR``, ``MLKR``) and the objective functions take
 ``backend=`` and ``device=`` ("cpu", "cuda", "cuda:N"); ``None`` means the process default, set by
@@ -13,21 +13,34 @@ is built with ``dtype="float32"`` (see docs/gpu.md for when that is accurate eno
 
 The seam
 --------
-A backend is an object with ``name`` and ``device`` and these methods (inputs are numpy arrays or
-the backend's own arrays, ``asarray(x)``; outputs are numpy arrays and floats):
+A backend is an object with ``name``, ``device``, ``dtype``, ``xp`` (its array namespace, for the
+kernels' ``profile(u, order, xp=)``) and these operations on its own arrays:
 
-* kernel layer: ``kernel_matrix(kernel, A, B=None)``, ``value_and_gradient(kernel, A, B, w, *,
-  b_sqnorms=None, n_active=None)``, ``gradient_coefficients(kernel, A, B)``,
-  ``second_derivative_coefficients(kernel, A, B)`` — the meaning of each is that of the kernel
-  method of the same name (:mod:`molkrr.kernels.base`);
-* KRR: ``krr_fit(kernel, X, y, lam)`` → (α, λ used; the jitter policy of :func:`molkrr.linalg.spd_factor`),
-  ``rows(X)`` → the training rows as the backend keeps them (a model caches it),
-  ``krr_predict(kernel, X, rows, alpha)``, ``krr_value_and_gradient(kernel, X, rows, alpha, n_active=None)``;
-* metric learning: ``mlkrr(kernel, A, Xa, ya, XA, yA, sigma, lam, want_aux=False)`` and
-  ``mlkr(A, X, y, sigma, want_aux=False)`` → (loss, ∂L/∂A, aux), the private objectives of
-  :mod:`molkrr.metric.mlkrr` and :mod:`molkrr.metric.mlkr`.
+* arrays: ``asarray(x)`` (to the device), ``to_numpy(a)`` (float64 numpy, the public boundary),
+  ``empty(shape)``, ``zeros(shape)``, ``concat(arrays, axis)``, ``copy(a)``;
+* arithmetic: ``matmul(a, b, *, trans_a, trans_b, out, beta)`` (GEMM), ``sq_norms(X)``,
+  ``squared_distances(A, B, b_sqnorms=None)``, ``exp_(a)`` and ``clamp_min_(a, lo)`` (in place),
+  ``fill_diagonal(M, value, offset=0)``, ``sum(a, axis)``, ``row_max(M)``, ``mean_abs(a)``;
+* factorisations: ``cholesky(H)`` (lower factor; NumericalError if not positive definite; numpy
+  factors in place), ``spd_factor(build, lam)`` (the one jitter policy, :func:`molkrr.linalg.spd_factor`),
+  ``spd_solve(L, b)``, ``spd_matmul(H, L, V)`` (H V given H's factor);
+* memory: ``rows_per_block(n_cols)`` (rows of a streamed block), ``itemsize()``,
+  ``memory_guard(what, need_bytes, fits)`` (a context: DeviceMemoryError before or during a
+  computation that does not fit the device; nothing on the CPU).
 
-Adding a backend is one module with such a class and one entry in ``_FACTORIES`` below.
+and the kernel layer and KRR solve the estimators call (outputs numpy): ``kernel_matrix(kernel, A,
+B=None)``, ``value_and_gradient(kernel, A, B, w, *, b_sqnorms=None, n_active=None)``,
+``gradient_coefficients``, ``second_derivative_coefficients`` (meanings: :mod:`molkrr.kernels.base`),
+``krr_fit(kernel, X, y, lam, return_factor=False)`` → (α, λ used[, the factor a model keeps for the
+predictive std, or None]),
+``rows(X)`` → the training rows as the backend keeps them (a model caches it),
+``krr_predict(kernel, X, rows, alpha)``, ``krr_value_and_gradient(kernel, X, rows, alpha, n_active=None)``.
+
+Algorithms are written against these operations and live with their algorithm: the MLKRR and MLKR
+objectives are :mod:`molkrr.metric._array_objectives` (numpy keeps its BLAS-level versions in
+:mod:`molkrr.metric.mlkrr` and :mod:`molkrr.metric.mlkr` for speed and memory). This package imports no
+algorithm (no :mod:`molkrr.metric`, no :mod:`molkrr.krr`). Adding a backend is one module with such a
+class and one entry in ``_FACTORIES`` below.
 """
 
 from __future__ import annotations
@@ -38,7 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InvalidInputError, NotDifferentiableError
+from ..errors import BackendUnavailableError, InvalidInputError
+from .numpy_backend import NumpyBackend
 
 #: Backend names, in the order they are documented.
 BACKENDS = ("numpy", "torch")
@@ -47,63 +61,6 @@ _DEFAULT: dict[str, Any] = {"backend": None, "device": None, "dtype": None}
 _ENVIRONMENT: list[tuple] = []  # (MOLKRR_BACKEND, MOLKRR_DEVICE) as read at first use
 _CACHE: dict[tuple, Any] = {}
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-
-
-class NumpyBackend:
-    """The numpy code of molkrr behind the backend interface (estimators call that code directly)."""
-
-    name = "numpy"
-    device = "cpu"
-    dtype = np.float64
-
-    def asarray(self, x):
-        return np.asarray(x, dtype=np.float64)
-
-    # -- kernel layer ------------------------------------------------------------------------------
-    def kernel_matrix(self, kernel, A, B=None):
-        return kernel(A, B)
-
-    def value_and_gradient(self, kernel, A, B, w, *, b_sqnorms=None, n_active=None):
-        return kernel.value_and_gradient(A, B, w, b_sqnorms=b_sqnorms, n_active=n_active)
-
-    def gradient_coefficients(self, kernel, A, B):
-        if not hasattr(kernel, "gradient_coefficients"):
-            raise NotDifferentiableError(f"kernel {kernel.name!r} has no gradient coefficients (not stationary)")
-        return kernel.gradient_coefficients(A, B)
-
-    def second_derivative_coefficients(self, kernel, A, B):
-        return kernel.second_derivative_coefficients(A, B)
-
-    # -- KRR ---------------------------------------------------------------------------------------
-    def krr_fit(self, kernel, X, y, lam):
-        from ..linalg import spd_factor, spd_solve
-
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        L, lam_used = spd_factor(lambda: kernel(X), float(lam))
-        return spd_solve(L, np.asarray(y, dtype=np.float64)), lam_used
-
-    def rows(self, X):
-        return X
-
-    def krr_predict(self, kernel, X, rows, alpha):
-        return kernel(X, rows) @ alpha
-
-    def krr_value_and_gradient(self, kernel, X, rows, alpha, n_active=None):
-        return kernel.value_and_gradient(X, rows, alpha, n_active=n_active)
-
-    # -- metric learning ---------------------------------------------------------------------------
-    def mlkrr(self, kernel, A, Xa, ya, XA, yA, sigma, lam, want_aux=False):
-        from ..metric.mlkrr import _objective
-
-        return _objective(kernel)(A, Xa, ya, XA, yA, sigma, lam, want_aux=want_aux)
-
-    def mlkr(self, A, X, y, sigma, want_aux=False):
-        from ..metric.mlkr import _mlkr
-
-        return _mlkr(A, X, y, sigma, want_aux=want_aux)
-
-    def __repr__(self) -> str:
-        return "NumpyBackend()"
 
 
 def _make_numpy(device: str | None, dtype: str | None) -> NumpyBackend:
@@ -182,7 +139,7 @@ def get_backend(backend: str | None = None, device: str | None = None, dtype: st
 
 
 def is_numpy(backend: Any) -> bool:
-    """True for the numpy backend (whose callers run molkrr's numpy code directly)."""
+    """True for the numpy backend (solvers that exist only on numpy, e.g. FALKON, check it)."""
     return getattr(backend, "name", None) == "numpy"
 
 

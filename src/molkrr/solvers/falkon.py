@@ -460,7 +460,7 @@ def _fit_kernel_ridge(est: Any, kernel: Callable, X: np.ndarray, y: np.ndarray, 
     """The registry's fit function (:mod:`molkrr.solvers.registry`): :func:`fit_falkon`, numpy backend only."""
     from ..backends import is_numpy
 
-    if not is_numpy(backend):
+    if not is_numpy(backend):  # a capability check, not a compute branch: FALKON is written for numpy only
         raise InvalidInputError("solver='falkon' runs on the numpy backend only (backend='numpy')")
     C, alpha, n_iter = fit_falkon(est, kernel, X, y, progress=progress)
     return SolverFit(X_fit=C, alpha=alpha, lam=float(est.lam), attributes={"n_iter_": n_iter})
