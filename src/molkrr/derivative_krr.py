@@ -85,8 +85,9 @@ SMALL_MODEL_ELEMENTS = 1_000_000
 _N_WORKERS = N_WORKERS  # molkrr._threads
 #: Relative singular value below which a rigid-motion vector is dependent (linear molecules).
 _RIGID_RTOL = 1e-8
-#: ``__dict__`` entry of a fitted DerivativeKRR holding the factor it solved with (private: never saved).
-_POSTERIOR = "_posterior"
+#: The DerivativeKRR ``__dict__`` entry of the factor ``fit`` keeps for the predictive std (never saved;
+#: :mod:`molkrr.derivative_uncertainty` reads and rebuilds it).
+POSTERIOR_KEY = "_posterior"
 
 
 def check_targets(targets: Any) -> str:
@@ -257,7 +258,7 @@ def observations(env: Environments, energies: np.ndarray, gradients: list[np.nda
     return y, is_energy, offset
 
 
-def _groups(env: Environments) -> list[np.ndarray]:
+def molecule_groups(env: Environments) -> list[np.ndarray]:
     """Runs of consecutive molecules with equal labels (in order) and q (the batched products need equal shapes)."""
     q = [Q.shape[1] for Q in env.Q] if env.Q is not None else [0] * len(env)
     keys = [(q[m], env.labels[env.env_slice(m)].tobytes()) for m in range(len(env))]
@@ -423,7 +424,7 @@ def grouped_gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: n
     path; for energies alone it is the pre-local_gram path, kept for benchmarks/local_kernel.py)."""
     n = int(rows[-1])
     K = np.zeros((n, n))
-    groups = _groups(env)
+    groups = molecule_groups(env)
     comp = env.compressed()
     d = max([b.rank for b in comp.bases.values()] + [1])
     tasks = []  # (row chunk, column group, column chunk size, same group)
@@ -531,7 +532,7 @@ class DerivativeKRR(BaseEstimator):
         y, is_energy, offset = observations(env, energies, gradients, targets, rows, self.center)
         diag = np.where(is_energy, float(self.lam), float(self.lam_forces))
         t0 = time.perf_counter()
-        self.__dict__.pop(_POSTERIOR, None)  # a refit never reads a stale factor
+        self.__dict__.pop(POSTERIOR_KEY, None)  # a refit never reads a stale factor
         L, _ = spd_factor(lambda: gram_matrix(kernel, env, targets, rows, diag), 0.0)
         coef = spd_solve(L, y)
         if progress:
@@ -540,7 +541,7 @@ class DerivativeKRR(BaseEstimator):
         # the maximum-likelihood GP scale s² = yᵀ(K + Λ)⁻¹y / n_rows of the predictive std (molkrr.uncertainty)
         self.gp_scale_ = float(y @ coef) / len(y)
         if L.nbytes <= linalg.KEEP_FACTOR_MAX_BYTES:  # kept for the predictive std (molkrr.derivative_uncertainty)
-            self.__dict__[_POSTERIOR] = {"key": self._posterior_key(), "L": L, "env": env}
+            self.__dict__[POSTERIOR_KEY] = {"key": self._posterior_key(), "L": L, "env": env}
         del L
         return self
 
@@ -552,7 +553,7 @@ class DerivativeKRR(BaseEstimator):
         place a fit's weights are set: :meth:`fit` (which then adds the GP scale and its factor for the predictive
         std) and the σ/λ grid of :mod:`molkrr.force_selection`."""
         targets = check_targets(self.targets)
-        self.__dict__.pop(_POSTERIOR, None)  # no factor of an earlier fit survives new weights
+        self.__dict__.pop(POSTERIOR_KEY, None)  # no factor of an earlier fit survives new weights
         self.__dict__.pop("gp_scale_", None)
         self._set_weights(env, coef, rows, targets)
         self.offset_ = offset
@@ -585,7 +586,7 @@ class DerivativeKRR(BaseEstimator):
         self.wdot_ = np.zeros(X.shape[0])
         self.offset_ = float(offset)
         self._prediction_cache = None
-        self.__dict__.pop(_POSTERIOR, None)
+        self.__dict__.pop(POSTERIOR_KEY, None)
         self.__dict__.pop("gp_scale_", None)  # weights from another solver: no exact GP posterior
         return self
 

@@ -33,11 +33,11 @@ import numpy as np
 
 from ._threads import single_threaded_blas
 from .derivative_krr import (
-    _POSTERIOR,
+    POSTERIOR_KEY,
     BLOCK_ELEMENTS,
     DerivativeKRR,
     Environments,
-    _groups,
+    molecule_groups,
     environments,
     gram_block_elements,
     gram_matrix,
@@ -89,7 +89,7 @@ class _Training:
         self.n_rows = int(rows[-1])
         self.bases = env.compressed().bases if compressed else None
         self.groups = []
-        for G in _groups(env):
+        for G in molecule_groups(env):
             self.groups.append((int(rows[G[0]]), int(rows[G[-1] + 1]), G.size, self._stacks(env, G)))
 
     def _stacks(self, env: Environments, G: np.ndarray) -> dict[int, tuple]:
@@ -123,13 +123,13 @@ def _training(model: Any) -> _Training:
     krr = model.krr_
     kernel = krr.kernel_
     compressed = isinstance(kernel, StationaryKernel)
-    entry = krr.__dict__.get(_POSTERIOR)
+    entry = krr.__dict__.get(POSTERIOR_KEY)
     if entry is not None and krr.posterior_key_matches(entry["key"]):
         if "training" not in entry:  # the factor fit kept: its environments become the training stacks once
             env = entry.pop("env")
             entry["training"] = _Training(entry.pop("L"), env, row_layout(env, krr.targets), krr.targets, compressed)
         return entry["training"]
-    krr.__dict__.pop(_POSTERIOR, None)
+    krr.__dict__.pop(POSTERIOR_KEY, None)
     targets = krr.targets
     mols = Molecules(model.train_numbers_, model.train_positions_, model.train_offsets_, validate=False)
     env = environments(model.representation_, mols, jacobians=targets != "energy")
@@ -140,7 +140,7 @@ def _training(model: Any) -> _Training:
         diag[rows[:-1]] = float(krr.lam)  # each molecule's first row is its energy
     L, _ = spd_factor(lambda: gram_matrix(kernel, env, targets, rows, diag), 0.0)
     training = _Training(L, env, rows, targets, compressed)
-    krr.__dict__[_POSTERIOR] = {"key": krr._posterior_key(), "training": training}
+    krr.__dict__[POSTERIOR_KEY] = {"key": krr._posterior_key(), "training": training}
     return training
 
 
