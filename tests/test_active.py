@@ -40,6 +40,7 @@ def test_learning_labels_where_unsure_and_refits(learned):
     # the start is labelled; every later call is a step whose predicted std passed the threshold
     assert 2 <= rep.reference_calls <= 8 and len(res.frames) == rep.reference_calls
     assert rep.refits == rep.reference_calls and rep.selections == 0  # sigma, lambdas fixed: no selection
+    assert rep.full_fits == 1  # every later refit extended the factor of the one before
     assert len(rep.called_at) == rep.reference_calls - 1
     assert all(rep.max_std[s] > 0.02 for s in rep.called_at)
     # the labels are the reference's at those geometries

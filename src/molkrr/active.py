@@ -12,7 +12,9 @@ The loop (as FLARE's and VASP's on-the-fly learning, with the posterior of a KRR
    standard deviation of every force component (:mod:`molkrr.uncertainty`);
 3. where the largest force std of the step exceeds ``threshold`` (eV/Å), the reference labels that
    geometry, its energy and forces drive this step, the frame joins the training set and the model is
-   refitted; else the model's energy and forces drive it.
+   refitted — by extending the Cholesky factor of the last fit with the new frame's rows
+   (:meth:`molkrr.MolecularKRR.fit_appended`, O(n²) per frame instead of O(n³)) unless σ, λ, λ_F were just
+   re-selected; else the model's energy and forces drive it.
 
 The model is a :class:`~molkrr.MolecularKRR` trained on energies and forces (default: local FCHL19, Gaussian
 kernel, ``targets='energy+forces'``, eV). Its σ, λ and λ_F, when not given in ``model``, start from a rule
@@ -74,6 +76,7 @@ class LearnReport:
     check_every: int
     reference_calls: int  # the start's label included
     refits: int
+    full_fits: int  # refits that factorised from scratch (the others extended the last factor)
     selections: int
     wall_s: float
     reference_s: float  # inside the reference calculator
@@ -95,8 +98,9 @@ class LearnReport:
             f"{self.formula} ({self.n_atoms} atoms), threshold {self.threshold:g} eV/Å on the largest force std "
             f"(checked every {self.check_every} steps)"
             + (f" (interrupted after {self.steps} of {self.steps_requested} steps)" if self.interrupted else ""),
-            f"reference calls: {self.reference_calls} (start included); refits {self.refits}, hyperparameter "
-            f"selections {self.selections}; final sigma={self.sigma:.4g}, lambda={self.lam:.3g}, "
+            f"reference calls: {self.reference_calls} (start included); refits {self.refits} ({self.full_fits} from "
+            f"scratch, the others extending the factor), hyperparameter selections {self.selections}; "
+            f"final sigma={self.sigma:.4g}, lambda={self.lam:.3g}, "
             f"lambda_forces={self.lam_forces:.3g}",
             f"wall time {self.wall_s:.1f} s: reference {self.reference_s:.1f} s, fitting {self.fit_s:.1f} s, "
             f"model with std {self.model_s:.1f} s, integrator and output {md:.1f} s",
@@ -135,7 +139,7 @@ class _Learner:
         self.forces: list[np.ndarray] = []
         self.fixed = {k: template.get_params()[k] for k in ("sigma", "lam", "lam_forces")}
         self.hyper: dict[str, float] = {}
-        self.refits = self.selections = 0
+        self.refits = self.selections = self.full_fits = self.fitted = 0
         self.reference_s = self.fit_s = 0.0
 
     def label(self, atoms: Any) -> tuple[float, np.ndarray]:
@@ -168,12 +172,21 @@ class _Learner:
         mols = self.frames()
         n = len(mols)
         free = [k for k, v in self.fixed.items() if v is None]
+        params = {**self.hyper, **{k: v for k, v in self.fixed.items() if v is not None}}
         if free and (not self.hyper or n in RESELECT_AT):
             self.hyper = self._select(mols) if n >= RESELECT_AT[0] else self._initial(mols)
-        params = {**self.hyper, **{k: v for k, v in self.fixed.items() if v is not None}}
+            params = {**self.hyper, **{k: v for k, v in self.fixed.items() if v is not None}}
+        elif self.fitted and self.fitted == n - 1:  # same σ, λ, λ_F: extend the kept Cholesky factor by the new frame's rows
+            self.model.fit_appended(mols, n - 1)
+            self.fitted = n
+            self.refits += 1
+            self.fit_s += time.perf_counter() - t0
+            return
         self.model.set_params(**params)
         self.model.fit(mols)
+        self.fitted = n
         self.refits += 1
+        self.full_fits += 1
         self.fit_s += time.perf_counter() - t0
 
     def _initial(self, mols: Any) -> dict[str, float]:
@@ -383,7 +396,8 @@ def learn_on_the_fly(
         formula=atoms.get_chemical_formula(), n_atoms=len(atoms), steps=int(done[0]), steps_requested=int(steps),
         timestep_fs=float(timestep_fs), temperature_K=float(temperature_K), threshold=float(threshold),
         check_every=int(check_every),
-        reference_calls=len(learner.energies), refits=learner.refits, selections=learner.selections, wall_s=wall,
+        reference_calls=len(learner.energies), refits=learner.refits, full_fits=learner.full_fits,
+        selections=learner.selections, wall_s=wall,
         reference_s=learner.reference_s, fit_s=learner.fit_s, model_s=calc.model_s,
         sigma=float(hyper.sigma_), lam=float(hyper.lam_), lam_forces=float(hyper.lam_forces_),
         interrupted=interrupted, stopped_by_max_calls=calc.budget_spent, called_at=list(calc.called_at),

@@ -419,19 +419,26 @@ def gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarra
 
 
 def grouped_gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: np.ndarray,
-                        diagonal: np.ndarray | None = None, *, lower_only: bool = True) -> np.ndarray:
+                        diagonal: np.ndarray | None = None, *, lower_only: bool = True,
+                        first_molecule: int = 0) -> np.ndarray:
     """:func:`gram_matrix` by batched products over runs of molecules with equal labels (the derivative
-    path; for energies alone it is the pre-local_gram path, kept for benchmarks/local_kernel.py)."""
+    path; for energies alone it is the pre-local_gram path, kept for benchmarks/local_kernel.py).
+
+    first_molecule : only the rows of molecules from this one on, (n_rows − rows[first_molecule], n_rows):
+        the new rows when molecules were appended (:meth:`DerivativeKRR.extend`)."""
     n = int(rows[-1])
-    K = np.zeros((n, n))
-    groups = molecule_groups(env)
+    top = int(rows[first_molecule])
+    K = np.zeros((n - top, n))
+    groups = [G[G >= first_molecule] for G in molecule_groups(env)]
     comp = env.compressed()
     d = max([b.rank for b in comp.bases.values()] + [1])
     tasks = []  # (row chunk, column group, column chunk size, same group)
     for gi, GA in enumerate(groups):
+        if GA.size == 0:
+            continue
         nA = int(env.env_offsets[GA[0] + 1] - env.env_offsets[GA[0]])
         qA = env.Q[GA[0]].shape[1] if targets != "energy" else 1
-        for gj, GB in enumerate(groups[: gi + 1] if lower_only else groups):
+        for gj, GB in enumerate(molecule_groups(env)[: gi + 1] if lower_only else molecule_groups(env)):
             nB = int(env.env_offsets[GB[0] + 1] - env.env_offsets[GB[0]])
             qB = env.Q[GB[0]].shape[1] if targets != "energy" else 1
             # the largest temporaries are (a nA qA, b nB) twice and, per row molecule, (b nB, d qA)
@@ -449,7 +456,7 @@ def grouped_gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: n
             s0, s1 = int(rows[cb[0]]), int(rows[cb[-1] + 1])
             shape = (len(ca), (r1 - r0) // len(ca), len(cb), (s1 - s0) // len(cb))
             blk = gram_block_elements(kernel, A, stack_elements(comp, cb), shape, targets)
-            K[r0:r1, s0:s1] = blk.reshape(r1 - r0, s1 - s0)
+            K[r0 - top : r1 - top, s0:s1] = blk.reshape(r1 - r0, s1 - s0)
 
     # many small batched products: one BLAS thread per block, the blocks spread over the cores
     # (threaded BLAS on matrices this small mostly waits on its own threads)
@@ -463,7 +470,7 @@ def grouped_gram_matrix(kernel: Kernel, env: Environments, targets: str, rows: n
             for t in tasks:
                 run(t)
     if diagonal is not None:
-        np.einsum("ii->i", K)[:] += diagonal
+        np.einsum("ii->i", K[:, top:])[:] += diagonal[top:]
     return K
 
 
@@ -533,16 +540,73 @@ class DerivativeKRR(BaseEstimator):
         diag = np.where(is_energy, float(self.lam), float(self.lam_forces))
         t0 = time.perf_counter()
         self.__dict__.pop(POSTERIOR_KEY, None)  # a refit never reads a stale factor
-        L, _ = spd_factor(lambda: gram_matrix(kernel, env, targets, rows, diag), 0.0)
+        L, jitter = spd_factor(lambda: gram_matrix(kernel, env, targets, rows, diag), 0.0)
         coef = spd_solve(L, y)
         if progress:
             print(f"derivative KRR: {len(y)} rows solved in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        self._finish(env, rows, y, coef, L, jitter, offset, energies)
+        return self
+
+    def _finish(self, env: Environments, rows: np.ndarray, y: np.ndarray, coef: np.ndarray, L: np.ndarray,
+                jitter: float, offset: float, energies: np.ndarray) -> None:
         self.set_solution(env, coef, rows, offset=offset, energies=energies)
         # the maximum-likelihood GP scale s² = yᵀ(K + Λ)⁻¹y / n_rows of the predictive std (molkrr.uncertainty)
         self.gp_scale_ = float(y @ coef) / len(y)
         if L.nbytes <= linalg.KEEP_FACTOR_MAX_BYTES:  # kept for the predictive std (molkrr.derivative_uncertainty)
-            self.__dict__[POSTERIOR_KEY] = {"key": self._posterior_key(), "L": L, "env": env}
-        del L
+            self.__dict__[POSTERIOR_KEY] = {"key": self._posterior_key(), "L": L, "env": env, "jitter": jitter}
+
+    def kept_factor(self) -> np.ndarray | None:
+        """The Cholesky factor of K + Λ this fitted model solved with (lower triangle, C-ordered), when kept."""
+        entry = self.__dict__.get(POSTERIOR_KEY)
+        if entry is None or not self.posterior_key_matches(entry["key"]):
+            return None
+        return entry["L"] if "L" in entry else entry["training"].L
+
+    def extend(self, env: Environments, energies: np.ndarray, gradients: list[np.ndarray] | None, *,
+               n_previous: int, progress: bool = False) -> "DerivativeKRR":
+        """Refit after molecules were appended: ``env``, ``energies``, ``gradients`` cover every molecule, the first
+        ``n_previous`` of them the last fit's, in its order (same σ, λ, λ_F, targets).
+
+        The factor the last fit kept (:meth:`kept_factor`) is extended by the new rows, L = [[L₁₁, 0], [L₂₁, L₂₂]]
+        with L₂₁ = K₂₁ L₁₁⁻ᵀ and L₂₂ L₂₂ᵀ = K₂₂ + Λ₂ − L₂₁ L₂₁ᵀ: O(n₁² n₂) for n₂ new rows instead of a new
+        O(n³) factorisation; the weights equal :meth:`fit`'s to round-off (tested). Without a kept factor,
+        or where the Schur complement needs a jitter the old factor lacks, it is :meth:`fit`.
+        """
+        targets = check_targets(self.targets)
+        L11 = self.kept_factor()
+        entry = self.__dict__.get(POSTERIOR_KEY) or {}  # 'jitter': what fit added to Λ (absent: none known)
+        rows = row_layout(env, targets)
+        energies = np.asarray(energies, dtype=np.float64).reshape(-1)
+        top = int(rows[n_previous]) if 0 < n_previous <= len(env) else -1
+        if L11 is None or L11.shape[0] != top or energies.shape[0] != len(env):
+            return self.fit(env, energies, gradients, progress=progress)
+        if n_previous == len(env):
+            return self
+        t0 = time.perf_counter()
+        y, is_energy, offset = observations(env, energies, gradients, targets, rows, self.center)
+        jitter = float(entry.get("jitter", 0.0))
+        diag = np.where(is_energy, float(self.lam), float(self.lam_forces)) + jitter
+        B = grouped_gram_matrix(self.kernel_, env, targets, rows, diag, first_molecule=n_previous)  # (n₂, n)
+        L21 = linalg.lower_solve(L11, np.ascontiguousarray(B[:, :top].T)).T  # K₂₁ L₁₁⁻ᵀ
+        S = B[:, top:]
+        S -= L21 @ L21.T  # lower triangle: K₂₂ + Λ₂ − L₂₁L₂₁ᵀ (the Schur complement)
+        try:
+            L22, extra = spd_factor(lambda: np.ascontiguousarray(S), 0.0)
+        except Exception:  # noqa: BLE001 - numerically singular: the full factorisation decides (and warns)
+            return self.fit(env, energies, gradients, progress=progress)
+        if extra:
+            return self.fit(env, energies, gradients, progress=progress)
+        n = int(rows[-1])
+        L = np.empty((n, n))
+        L[:top, :top] = L11
+        L[top:, :top] = L21
+        L[top:, top:] = L22
+        L[:top, top:] = 0.0
+        del L21, B, L22
+        coef = spd_solve(L, y)
+        if progress:
+            print(f"derivative KRR: {n - top} rows added to {top} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        self._finish(env, rows, y, coef, L, jitter, offset, energies)
         return self
 
     def set_solution(self, env: Environments, coef: np.ndarray, rows: np.ndarray, *, offset: float,

@@ -240,6 +240,45 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
         krr = steps.solve(krr, X, y, progress=progress)
         return self._fitted(mols, metric, sigma, lam, krr)
 
+    def fit_appended(self, molecules: Any, n_previous: int, y: Any = None, *, progress: bool = False) -> "MolecularKRR":
+        """Refit on ``molecules`` whose first ``n_previous`` are the last fit's training molecules, in its order, and
+        the rest new (on-the-fly learning appends frames; :mod:`molkrr.active`).
+
+        At the fitted σ, λ, λ_F and with the fitted representation, an exact derivative-observation model
+        (force targets or a local kernel, no ``n_sparse``) extends the Cholesky factor its last fit kept
+        (:meth:`molkrr.derivative_krr.DerivativeKRR.extend`: O(n_rows² × new rows) instead of a new O(n_rows³)
+        factorisation); the model equals ``fit`` at those hyperparameters to round-off. Anything else (no kept
+        factor, another model kind, the first molecules changed, new elements) is a full ``fit`` with σ, λ, λ_F
+        fixed to the fitted values. Returns self.
+        """
+        check_is_fitted(self)
+        mols = as_molecules(molecules)
+        y = _energies(mols, y)
+        krr = self.krr_
+        previous = getattr(self, "train_offsets_", None)
+        same = (previous is not None and hasattr(krr, "extend") and isinstance(n_previous, (int, np.integer))
+                and 0 < n_previous < len(mols) and len(previous) == n_previous + 1
+                and np.array_equal(mols.offsets[: n_previous + 1], previous)
+                and np.array_equal(mols.numbers[: previous[-1]], self.train_numbers_)
+                and np.array_equal(mols.positions[: previous[-1]], self.train_positions_)
+                and set(np.unique(mols.numbers).tolist()) <= set(np.asarray(self.elements_).tolist()))
+        if not same:
+            fixed = {"sigma": self.sigma_, "lam": self.lam_}
+            if hasattr(self, "lam_forces_"):
+                fixed["lam_forces"] = self.lam_forces_
+            return self.set_params(**fixed).fit(mols, y, progress=progress)
+        if self.baseline_ == "elements":
+            self.baseline_elements_, self.baseline_energies_ = fit_element_energies(mols, y)
+            y = y - baseline_energies(mols, self.baseline_elements_, self.baseline_energies_)
+        from .derivative_krr import training_environments
+
+        env, grads = training_environments(self.representation_, mols, krr.targets)
+        krr.extend(env, y, grads, n_previous=int(n_previous), progress=progress)
+        self.train_numbers_ = np.array(mols.numbers, dtype=np.int64)
+        self.train_positions_ = np.array(mols.positions, dtype=np.float64)
+        self.train_offsets_ = np.array(mols.offsets, dtype=np.int64)
+        return self._fitted(mols, None, self.sigma_, self.lam_, krr, lam_forces=getattr(self, "lam_forces_", None))
+
     def _fitted(self, mols: Molecules, metric: Any, sigma: float | None, lam: float, krr: Any, *,
                 lam_forces: float | None = None) -> "MolecularKRR":
         """Set the fitted attributes of every fit path at one place (the baseline and representation_ are set above)."""
