@@ -106,7 +106,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         if not (np.isfinite(self.lam) and self.lam >= 0):
             raise InvalidInputError(f"lam must be a finite number ≥ 0, got {self.lam}")
         kernel = self.kernel_
-        from .uncertainty import forget_factor  # predictive std: the kept Cholesky factor
+        from .krr_posterior import forget_factor  # predictive std: the kept Cholesky factor
 
         forget_factor(self)
         self.y_mean_ = np.mean(y, axis=0) if self.center else np.zeros(y.shape[1:])
@@ -131,7 +131,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             further attributes, optionally the Cholesky factor); solver : its name (``solver_``);
             y_mean : the mean added back in predictions (0 for ``center=False``). Returns self.
         """
-        from .uncertainty import forget_factor, remember_factor  # predictive std: the kept Cholesky factor
+        from .krr_posterior import forget_factor, remember_factor  # predictive std: the kept Cholesky factor
 
         forget_factor(self)
         shape, alpha_shape = np.shape(result.X_fit), np.shape(result.alpha)
@@ -145,7 +145,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             setattr(self, name, value)
         self._train_sq_norms()
         if result.factor is not None:
-            remember_factor(self, result.factor)  # kept for predict(return_std=True) (molkrr.uncertainty), never saved
+            remember_factor(self, result.factor)  # kept for predict(return_std=True) (krr_posterior), never saved
         return self
 
     def predict(self, X: Any, return_std: bool = False) -> Any:
@@ -155,8 +155,8 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             the GP view of KRR with the maximum-likelihood scale, see :mod:`molkrr.uncertainty` (exact
             solver only; else :class:`~molkrr.errors.UncertaintyNotSupportedError`).
         """
-        if return_std:  # molkrr.uncertainty
-            from .uncertainty import krr_std
+        if return_std:  # molkrr.krr_posterior (the feature level of molkrr.uncertainty)
+            from .krr_posterior import krr_std
 
             pred = self.predict(X)
             return pred, krr_std(self, validate_data(self, X, dtype=np.float64, order="C", reset=False))

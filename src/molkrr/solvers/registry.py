@@ -79,7 +79,7 @@ class SolverFit:
         Further fitted attributes to set on the estimator (e.g. ``{"n_iter_": 37}``).
     factor : ndarray or None
         The lower Cholesky factor of K(X_fit) + λ_I, kept in memory for ``predict(return_std=True)``
-        (:func:`molkrr.uncertainty.remember_factor`); None when the solver has none.
+        (:func:`molkrr.krr_posterior.remember_factor`); None when the solver has none.
     """
 
     X_fit: Any
