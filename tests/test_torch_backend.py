@@ -427,3 +427,37 @@ def test_float32_kernel_layer_is_accurate_to_single_precision(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         get_backend("torch", "cpu", "float64")
+
+
+@needs_torch
+@pytest.mark.parametrize("targets", ["energy+forces", "forces"])
+def test_force_training_through_the_torch_backend_equals_numpy(targets):
+    """The derivative-observation solve (K + Λ factorised and solved on the backend) on torch-CPU equals numpy's
+    to 1e-10 relative to the largest entry: weights, energies, forces and the predictive std."""
+    from molkrr.datasets.frames import read_frames
+    from molkrr.datasets.md import shipped_trajectory_path
+    from molkrr.representations import FCHL19
+
+    frames = read_frames(shipped_trajectory_path())[0]
+    train, query = frames[0:400:40], frames[1200:1203]
+    fits = {}
+    for name in ("numpy", "torch"):
+        model = MolecularKRR(FCHL19(form="atomic"), sigma=2.0, lam=1e-5, lam_forces=1e-6, targets=targets,
+                             energy_unit="eV", backend=name, device="cpu" if name == "torch" else None)
+        fits[name] = model.fit(train)
+    a, b = fits["torch"], fits["numpy"]
+
+    def close(x, y, rtol=1e-10):
+        x, y = np.asarray(x), np.asarray(y)
+        assert np.abs(x - y).max() <= rtol * np.abs(y).max()
+
+    # the weights solve a system of condition ~ mean diagonal / λ_F ≈ 4e6: they agree to that times rounding,
+    # what they predict (below) to 1e-10
+    close(a.krr_.W_, b.krr_.W_, 1e-8)
+    if targets != "forces":
+        close(a.krr_.alpha_, b.krr_.alpha_, 1e-8)
+    (Ea, Fa), (Eb, Fb) = a.predict_energies_and_forces(query), b.predict_energies_and_forces(query)
+    close(Ea, Eb)
+    close(np.concatenate(Fa), np.concatenate(Fb))
+    # the std is sqrt(s²(prior − ‖L⁻¹k‖²)): the difference of near-equal terms amplifies the factor's rounding
+    close(a.predict(query, return_std=True)[1], b.predict(query, return_std=True)[1], 1e-8)

@@ -519,9 +519,14 @@ class DerivativeKRR(BaseEstimator):
         return _model_file_schema()
 
     def fit(self, env: Environments, energies: np.ndarray | None, gradients: list[np.ndarray] | None,
-            *, progress: bool = False) -> "DerivativeKRR":
+            *, progress: bool = False, backend: Any = None) -> "DerivativeKRR":
         """Fit on environments (with Jacobians unless targets='energy'), energies (n_mol,) and
-        gradients ∇E (one (n_atoms_m, 3) array per molecule, i.e. −forces)."""
+        gradients ∇E (one (n_atoms_m, 3) array per molecule, i.e. −forces).
+
+        backend : the compute backend (:mod:`molkrr.backends`) that factorises K + Λ and solves, e.g. torch on
+            a GPU (the O(n³) part); None or numpy: here. The Gram matrix is built with numpy either way and
+            predictions run on numpy; with another backend the factor comes back to numpy only to be kept for the
+            predictive std (when small enough, as on numpy)."""
         targets = check_targets(self.targets)
         kernel = self.kernel_
         if targets != "energy" and not kernel.twice_differentiable:
@@ -540,8 +545,15 @@ class DerivativeKRR(BaseEstimator):
         diag = np.where(is_energy, float(self.lam), float(self.lam_forces))
         t0 = time.perf_counter()
         self.__dict__.pop(POSTERIOR_KEY, None)  # a refit never reads a stale factor
-        L, jitter = spd_factor(lambda: gram_matrix(kernel, env, targets, rows, diag), 0.0)
-        coef = spd_solve(L, y)
+        if backend is None or getattr(backend, "name", "numpy") == "numpy":
+            L, jitter = spd_factor(lambda: gram_matrix(kernel, env, targets, rows, diag), 0.0)
+            coef = spd_solve(L, y)
+        else:  # the factorisation and solve on the backend (molkrr.backends: one jitter policy, linalg.spd_factor)
+            Lb, jitter = backend.spd_factor(lambda: backend.asarray(gram_matrix(kernel, env, targets, rows, diag,
+                                                                                  lower_only=False)), 0.0)
+            coef = np.ascontiguousarray(backend.to_numpy(backend.spd_solve(Lb, backend.asarray(y))), dtype=np.float64)
+            L = np.ascontiguousarray(backend.to_numpy(Lb), dtype=np.float64)
+            del Lb
         if progress:
             print(f"derivative KRR: {len(y)} rows solved in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         self._finish(env, rows, y, coef, L, jitter, offset, energies)
@@ -930,12 +942,14 @@ def training_environments(rep: Any, mols: Molecules, targets: str) -> tuple[Envi
 
 def fit_molecules(rep: Any, mols: Molecules, *, kernel: "str | Kernel", sigma: float, lam: float, lam_forces: float,
                   targets: str, center: bool = True, energies: np.ndarray | None = None,
-                  progress: bool = False) -> DerivativeKRR:
-    """A fitted :class:`DerivativeKRR` on molecules (energies and forces from ``mols`` unless given)."""
+                  progress: bool = False, backend: Any = None) -> DerivativeKRR:
+    """A fitted :class:`DerivativeKRR` on molecules (energies and forces from ``mols`` unless given); ``backend``
+    factorises and solves (:meth:`DerivativeKRR.fit`)."""
     targets = check_targets(targets)
     y = mols.energies if energies is None else energies
     env, grads = training_environments(rep, mols, targets)
-    return DerivativeKRR(kernel, sigma, lam, lam_forces, targets, center).fit(env, y, grads, progress=progress)
+    return DerivativeKRR(kernel, sigma, lam, lam_forces, targets, center).fit(env, y, grads, progress=progress,
+                                                                               backend=backend)
 
 
 def predict_energies_and_forces(rep: Any, model: DerivativeKRR, mols: Molecules) -> tuple[np.ndarray, list[np.ndarray]]:

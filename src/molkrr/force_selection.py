@@ -207,10 +207,12 @@ def fit_derivative_krr(
     center: bool = True,
     n_sparse: int | None = None,
     progress: bool = False,
+    backend: Any = None,
 ) -> DerivativeKRR:
     """The fitted :class:`DerivativeKRR` of :meth:`molkrr.MolecularKRR.fit`'s derivative-observation branch (force
     targets, local kernels) at given σ, λ, λ_F: the exact solve, or ``n_sparse`` inducing environments
-    (:mod:`molkrr.solvers.sparse_local`, energies only). rep : the fitted representation; energies (n_mol,)."""
+    (:mod:`molkrr.solvers.sparse_local`, energies only). rep : the fitted representation; energies (n_mol,);
+    backend : factorises and solves the exact system (:meth:`DerivativeKRR.fit`)."""
     targets = check_targets(targets)
     kernel = make_kernel(kernel).with_sigma(sigma)
     if n_sparse is not None:  # inducing environments (molkrr.solvers.sparse_local)
@@ -223,7 +225,7 @@ def fit_derivative_krr(
         return DerivativeKRR(kernel, sigma, lam, lam_forces, targets, center).set_environment_weights(
             fit["X"], fit["labels"], fit["beta"], fit["offset"])
     return fit_molecules(rep, mols, kernel=kernel, sigma=sigma, lam=lam, lam_forces=lam_forces, targets=targets,
-                         center=center, energies=energies, progress=progress)
+                         center=center, energies=energies, progress=progress, backend=backend)
 
 
 def select_local_energy_hyperparameters(

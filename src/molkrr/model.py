@@ -66,7 +66,8 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
     backend, device : str or None
         Where the KRR fit, predictions and forces' kernel part compute ('numpy' or 'torch';
         'cpu', 'cuda', 'cuda:N'; None: the process default), passed to the KernelRidge
-        (:mod:`molkrr.backends`). σ/λ selection, representations and the metric run on numpy.
+        (:mod:`molkrr.backends`); for force targets and local kernels the factorisation and solve of
+        K + Λ (the Gram matrix is built on numpy). σ/λ selection, representations and the metric run on numpy.
 
     targets : {'energy', 'forces', 'energy+forces'}
         What the model is trained on. 'forces' and 'energy+forces' solve KRR with derivative
@@ -189,9 +190,11 @@ class MolecularKRR(RegressorMixin, BaseEstimator):
             sigma, lam, lam_f = derivative_hyperparameters(
                 self.representation_, mols, y, kernel=kernel, targets=targets, sigma=sigma, lam=self.lam,
                 lam_forces=self.lam_forces, center=self.center, progress=progress)
+            from .backends import get_backend
+
             krr = fit_derivative_krr(self.representation_, mols, y, kernel=kernel, sigma=sigma, lam=lam,
                                      lam_forces=lam_f, targets=targets, center=self.center, n_sparse=self.n_sparse,
-                                     progress=progress)
+                                     progress=progress, backend=get_backend(self.backend, self.device))
             if self.n_sparse is None:  # the predictive std rebuilds the training rows' Jacobians from these (molkrr.uncertainty)
                 self.train_numbers_ = np.array(mols.numbers, dtype=np.int64)
                 self.train_positions_ = np.array(mols.positions, dtype=np.float64)
