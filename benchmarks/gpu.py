@@ -9,7 +9,10 @@ relative difference of the results (the same computation on both backends):
 * a KRR fit (Gaussian, Cholesky) at n = 20,000 (``--krr-n``; 0 skips it);
 * energy + forces of one molecule from a MolecularKRR model (sorted Coulomb matrix) trained on
   ``--forces-n`` molecules (QM9 if the data is installed, else jittered copies of ASE's G2
-  molecules); the torch model is the numpy model with its KernelRidge moved to the device.
+  molecules); the torch model is the numpy model with its KernelRidge moved to the device;
+* force training (local FCHL19, energies + forces) on ``--force-frames`` frames of the shipped ethanol
+  trajectory: the whole fit with the factorisation and solve of K + Λ on the device against numpy's
+  (the Gram matrix is built on the CPU in both), with the largest relative difference of the forces.
 
 On a GPU machine (the GPU model is printed)::
 
@@ -19,7 +22,7 @@ On a GPU machine (the GPU model is printed)::
 
 Dry run on torch-CPU (any machine with torch)::
 
-    python benchmarks/gpu.py --device cpu --sizes 1000 2000 --krr-n 2000 --forces-n 2000
+    python benchmarks/gpu.py --device cpu --sizes 1000 2000 --krr-n 2000 --forces-n 2000 --force-frames 100
 """
 
 from __future__ import annotations
@@ -204,6 +207,32 @@ def forces_section(args, device: str) -> None:
     print(f"{'median':14s}{t_np * 1e3:10.3f}{t_t * 1e3:10.3f}{t_np / t_t:8.2f}{diff:10.1e}")
 
 
+def force_training_section(args, device: str) -> None:
+    from molkrr import MolecularKRR
+    from molkrr.datasets.frames import read_frames
+    from molkrr.datasets.md import shipped_trajectory_path
+    from molkrr.representations import FCHL19
+
+    frames = read_frames(shipped_trajectory_path())[0]
+    idx = np.unique(np.linspace(0, 999, args.force_frames).round().astype(int))
+    train, query = frames[idx], frames[1200:1250]
+    fits, times = {}, {}
+    for name in ("numpy", "torch"):
+        model = MolecularKRR(FCHL19(form="atomic"), sigma=2.036, lam=3.65e-5, lam_forces=3.66e-6,
+                             targets="energy+forces", energy_unit="eV", backend=name,
+                             device=device if name == "torch" else None)
+        t0 = time.perf_counter()
+        fits[name] = model.fit(train)
+        times[name] = time.perf_counter() - t0
+    rows = len(idx) * 22
+    F = {k: np.concatenate(m.predict_energies_and_forces(query)[1]) for k, m in fits.items()}
+    print(f"\nForce training, local FCHL19, {len(idx)} ethanol frames ({rows:,} rows): the whole fit, K + Λ factorised "
+          f"and solved on each backend")
+    print(f"{'':14s}{'numpy s':>10s}{'torch s':>10s}{'ratio':>8s}{'rel diff':>10s}")
+    print(f"{'fit':14s}{times['numpy']:10.2f}{times['torch']:10.2f}{times['numpy'] / times['torch']:8.2f}"
+          f"{rel(F['torch'], F['numpy']):10.1e}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, help="torch device: cuda (default when present), cuda:N or cpu")
@@ -211,6 +240,7 @@ def main() -> None:
     p.add_argument("--numpy-max-n", type=int, default=20000, help="largest MLKRR n with a numpy baseline")
     p.add_argument("--krr-n", type=int, default=20000, help="KRR fit size (0: skip)")
     p.add_argument("--forces-n", type=int, default=20000, help="training molecules for the forces (0: skip)")
+    p.add_argument("--force-frames", type=int, default=1000, help="frames for the force-training fit (0: skip)")
     p.add_argument("--repeat", type=int, default=3, help="torch timings per size (best is printed)")
     p.add_argument("--kernel", default="gaussian", help="MLKRR kernel: gaussian, matern32, matern52")
     p.add_argument("--float32", action="store_true", help="also time the MLKRR objective in float32")
@@ -226,6 +256,8 @@ def main() -> None:
         krr_section(args, device)
     if args.forces_n:
         forces_section(args, device)
+    if args.force_frames:
+        force_training_section(args, device)
 
 
 if __name__ == "__main__":
