@@ -42,6 +42,9 @@ def main() -> None:
     p.add_argument("--check-every", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--uniform", type=int, nargs="*", default=[300, 1000])
+    p.add_argument("--sigma", type=float, help="fix σ (and --lam, --lam-forces) for the on-the-fly model")
+    p.add_argument("--lam", type=float)
+    p.add_argument("--lam-forces", type=float)
     p.add_argument("--n-test", type=int, default=500)
     a = p.parse_args()
 
@@ -51,7 +54,9 @@ def main() -> None:
     print(f"data: {len(mols)} frames, test: the last {a.n_test}")
 
     t0 = time.perf_counter()
+    model = default_model().set_params(sigma=a.sigma, lam=a.lam, lam_forces=a.lam_forces)
     res = learn_on_the_fly(mols[0].to_ase()[0], xtb_calculator("GFN2-xTB"), threshold=a.threshold, steps=a.steps,
+                           model=model,
                            temperature_K=a.temperature, seed=a.seed, max_calls=a.max_calls, check_every=a.check_every, progress=True)
     t_otf = time.perf_counter() - t0
     print(res.report.summary())

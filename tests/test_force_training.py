@@ -245,3 +245,31 @@ def test_force_trained_model_drives_ase_md_and_optimisation(toy_data, tmp_path):
     assert kinetic > 1e-3 and abs(atoms.get_total_energy() - e0) < 1e-3 * kinetic
     BFGS(atoms, logfile=None).run(fmax=0.05, steps=200)
     assert np.abs(atoms.get_forces()).max() < 0.05
+
+
+def test_evidence_selection_scores_the_gp_marginal_likelihood():
+    """score='evidence': each cell's score is the negative log marginal likelihood per row of the GP with the
+    maximum-likelihood scale, checked against a dense slogdet of the same matrix."""
+    from molkrr.datasets.frames import read_frames
+    from molkrr.datasets.md import shipped_trajectory_path
+    from molkrr.derivative_krr import gram_matrix, observations, row_layout, training_environments
+    from molkrr.force_selection import select_force_hyperparameters
+    from molkrr.kernels import make_kernel
+    from molkrr.representations import FCHL19
+
+    mols = read_frames(shipped_trajectory_path())[0][0:300:30]
+    rep = FCHL19(form="atomic").fit(mols)
+    sel = select_force_hyperparameters(rep, mols, mols.energies, sigmas=[1.0, 2.0, 4.0], lams=[1e-4], lam_forces=[1e-5],
+                                       score="evidence")
+    assert sel.sigma in (1.0, 2.0, 4.0) and len(sel.table) == 3
+    env, grads = training_environments(rep, mols, "energy+forces")
+    rows = row_layout(env, "energy+forces")
+    y, e_rows, _ = observations(env, mols.energies, grads, "energy+forces", rows, True)
+    for sigma, lam, lam_f, nll, _ in sel.table:
+        K = gram_matrix(make_kernel("gaussian", sigma), env, "energy+forces", rows, np.where(e_rows, lam, lam_f),
+                        lower_only=False)
+        n = len(y)
+        s2 = float(y @ np.linalg.solve(K, y)) / n
+        logdet = np.linalg.slogdet(K)[1]
+        assert nll == pytest.approx(0.5 * np.log(s2) + 0.5 * logdet / n, rel=1e-9, abs=1e-9)
+    assert sel.score == min(row[3] for row in sel.table)

@@ -21,7 +21,9 @@ kernel, ``targets='energy+forces'``, eV). Its σ, λ and λ_F, when not given in
 (σ = :data:`INITIAL_SIGMA_FACTOR` × the median distance between same-element environments of the start
 geometry; both ridges :data:`INITIAL_RELATIVE_LAM` × the mean diagonal of their kernel blocks, the scale of
 :func:`molkrr.force_selection.select_force_hyperparameters`' grid) and are re-selected by that function on the
-labelled frames (a later block validates) whenever their number reaches one of :data:`RESELECT_AT`.
+labelled frames whenever their number reaches one of :data:`RESELECT_AT`, by the GP evidence (marginal
+likelihood) rather than a validation block: the labelled frames are the ones the model was unsure of, no fair
+sample of the trajectory, and a block of them chose σ four times too wide on ethanol (docs/forces.md §7).
 Between selections a refit keeps σ, λ and λ_F.
 
 Units: energies eV, forces and their std eV/Å (the reference calculator's, ASE's). Temperatures in K,
@@ -222,7 +224,7 @@ class _Learner:
                 sigmas=None if self.fixed["sigma"] is None else [self.fixed["sigma"]],
                 lams=None if self.fixed["lam"] is None else [self.fixed["lam"]],
                 lam_forces=None if self.fixed["lam_forces"] is None else [self.fixed["lam_forces"]],
-                center=self.template.center)
+                center=self.template.center, score="evidence")
         if self.progress:
             print(f"\n{len(mols)} frames: selected sigma={sel.sigma:.4g}, lambda={sel.lam:.3g}, "
                   f"lambda_forces={sel.lam_forces:.3g}", file=sys.stderr)

@@ -67,17 +67,27 @@ def select_force_hyperparameters(
     validation_fraction: float = 0.2,
     max_train: int = MAX_SELECTION_TRAIN,
     progress: bool = False,
+    score: str = "validation",
 ) -> SelectionResult:
-    """Choose σ, λ, λ_F by validation error on a later block of ``mols`` (a fitted representation).
+    """Choose σ, λ, λ_F by validation error on a later block of ``mols`` (a fitted representation), or by the
+    GP evidence of all of them.
 
     sigmas : grid of σ (default: :data:`DEFAULT_SIGMA_FACTORS` × the median environment distance).
     lams, lam_forces : grids of absolute ridges for the energy and gradient rows; when both are None
         one relative grid (:data:`DEFAULT_RELATIVE_LAMS` × each block's mean diagonal) is searched.
         A grid of one value fixes that ridge.
     The search is :func:`molkrr.selection.search_grid` (one :class:`GridEdgeWarning` for a choice on an edge).
+    score : 'validation' (force MAE, or energy MAE for energy targets, on the later block) or 'evidence':
+        no held-out frames — every frame (at most ``max_train``, evenly spaced) is fitted and the score is the
+        negative log marginal likelihood per row of the GP of :mod:`molkrr.uncertainty`, with its
+        maximum-likelihood scale: ½ log s² + (1/n) Σ log L_ii (+ const), s² = yᵀ(K + Λ)⁻¹y / n. For frames that
+        are not a fair sample of where the model will be used (on-the-fly learning labels the hard ones,
+        :mod:`molkrr.active`), so that no block of them is a fair validation set.
     Returns a :class:`molkrr.selection.SelectionResult` with ``lam_forces`` and ``table`` (one row
-    (σ, λ, λ_F, energy MAE, force MAE or NaN) per cell fitted).
+    (σ, λ, λ_F, energy MAE, force MAE or NaN) per cell fitted; with 'evidence' (σ, λ, λ_F, score, NaN)).
     """
+    if score not in ("validation", "evidence"):
+        raise InvalidInputError(f"score must be 'validation' or 'evidence', got {score!r}")
     targets = check_targets(targets)
     base = make_kernel(kernel)
     if targets != "energy" and not base.twice_differentiable:
@@ -85,14 +95,16 @@ def select_force_hyperparameters(
     n = len(mols)
     if n < 3:
         raise ShapeMismatchError(f"selecting hyperparameters needs at least 3 training molecules, got {n}")
-    n_val = min(MAX_VALIDATION, max(1, int(round(validation_fraction * n))))
+    evidence = score == "evidence"
+    n_val = 0 if evidence else min(MAX_VALIDATION, max(1, int(round(validation_fraction * n))))
     n_fit = n - n_val
     fit_idx = np.unique(np.linspace(0, n_fit - 1, min(n_fit, max_train)).round().astype(int))
     val_idx = np.arange(n_fit, n)
-    fit_mols, val_mols = mols.subset(fit_idx), mols.subset(val_idx)
-    e_fit, e_val = energies[fit_idx], energies[val_idx]
+    fit_mols, e_fit = mols.subset(fit_idx), energies[fit_idx]
     env, grads = training_environments(rep, fit_mols, targets)
-    val_env = environments(rep, val_mols)
+    if not evidence:
+        val_mols, e_val = mols.subset(val_idx), energies[val_idx]
+        val_env = environments(rep, val_mols)
     if sigmas is None:
         if not base.has_length_scale:
             sigmas = [None]
@@ -131,6 +143,15 @@ def select_force_hyperparameters(
                 except Exception:  # a cell that cannot be factorised is skipped (score inf, no table row)
                     continue
                 coef = spd_solve(L, y)
+                if evidence:  # the profile negative log marginal likelihood per row (the ML scale s²)
+                    nll = 0.5 * np.log(float(y @ coef) / len(y)) + float(np.sum(np.log(np.diagonal(L)))) / len(y)
+                    del L
+                    table.append((float(sigma) if sigma is not None else float("nan"), lam_e, lam_f, nll, float("nan")))
+                    scores[c] = nll
+                    if progress:
+                        print(f"  sigma={sigma:.4g} lam={lam_e:.2e} lam_forces={lam_f:.2e}: -log evidence per row "
+                              f"{nll:.6g}", file=sys.stderr)
+                    continue
                 del L
                 model.set_solution(env, coef, rows, offset=offset, energies=e_fit)
                 e_mae, f_mae = _validation_errors(rep, model, val_mols, val_env, e_val, targets)
