@@ -342,6 +342,14 @@ def test_targets_need_forces_and_force_training(md_files, tmp_path):
         assert out.exit_code == 0, out.output
     else:
         assert out.exit_code != 0 and "--targets forces" in out.output
+    # --lam-forces fixes the ridge on the force rows (no selection); with energy targets it is refused
+    out = _run(["train", "--train", md_files / "train.extxyz", "--targets", "energy+forces", "--representation",
+                "cm-unsorted", "--sigma", "50", "--lam", "1e-6", "--lam-forces", "2e-7", "-o", tmp_path / "f.npz", "-q"])
+    assert out.exit_code == 0, out.output
+    assert molkrr.load_model(tmp_path / "f.npz").lam_forces_ == pytest.approx(2e-7)
+    out = _run(["train", "--train", md_files / "train.extxyz", "--sigma", "50", "--lam-forces", "2e-7",
+                "-o", tmp_path / "g.npz", "-q"])
+    assert out.exit_code != 0 and "--lam-forces" in out.output
 
 
 def test_demo_md_runs_small(md_files):

@@ -35,6 +35,9 @@ from .._shared import _friendly, _kernel_option, _quiet_option, _rep_option, cli
 @_kernel_option
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), help="Kernel width; selected automatically if omitted.")
 @click.option("--lam", type=click.FloatRange(min=0), help="Ridge; selected with sigma if omitted.")
+@click.option("--lam-forces", type=click.FloatRange(min=0),
+              help="Ridge on the force rows with --targets energy+forces/forces ([E]²/Å²); selected (with sigma and "
+              "lambda when they are omitted) by validation force MAE if omitted.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--solver", type=click.Choice(solver_names(include_auto=True)), default="auto", show_default=True,
               help="Exact Cholesky, or Nyström + preconditioned CG (falkon) for large n; auto: exact while it fits.")
@@ -48,7 +51,7 @@ from .._shared import _friendly, _kernel_option, _quiet_option, _rep_option, cli
 @_quiet_option
 @_friendly
 def train(dataset, xyz, data, train_file, valid_file, test_file, split, energy_key, n_train, n_valid, n_test, prop, unit,
-          targets, representation, kernel, sigma, lam, seed, solver, n_centers, n_sparse, baseline, output, quiet):
+          targets, representation, kernel, sigma, lam, lam_forces, seed, solver, n_centers, n_sparse, baseline, output, quiet):
     """Train a model and save it (npz + JSON header, no pickle).
 
     Every training frame must carry a finite energy of magnitude at most 1e100 (an error names the
@@ -80,6 +83,10 @@ def train(dataset, xyz, data, train_file, valid_file, test_file, split, energy_k
         sigma, lam = _select_on_validation(train_set, valid_set, representation, kernel, sigma, lam, unit, quiet)
     model = _make_model(representation, kernel, sigma, lam, unit, qm9=dataset == "qm9", targets=targets,
                         solver=solver, n_centers=n_centers, n_sparse=n_sparse, baseline=baseline)
+    if lam_forces is not None:
+        if targets == "energy":
+            raise click.UsageError("--lam-forces goes with --targets energy+forces or forces")
+        model.set_params(lam_forces=lam_forces)
     t0 = time.perf_counter()
     model.fit(train_set, progress=not quiet)
     seconds = time.perf_counter() - t0
