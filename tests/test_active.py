@@ -30,7 +30,7 @@ def learned():
     CountingEMT.calls = 0
     model = default_model().set_params(sigma=2.0, lam=1e-5, lam_forces=1e-6)
     return learn_on_the_fly(builtin_molecule("ethanol"), CountingEMT(), threshold=0.02, steps=25, model=model,
-                            temperature_K=300.0, seed=3, max_calls=8)
+                            temperature_K=300.0, seed=3, max_calls=8, check_every=1)
 
 
 def test_learning_labels_where_unsure_and_refits(learned):
@@ -63,7 +63,8 @@ def test_std_at_a_labelled_frame_is_below_the_threshold(learned):
 def test_max_calls_bounds_the_reference(learned):
     CountingEMT.calls = 0
     res = learn_on_the_fly(builtin_molecule("ethanol"), CountingEMT(), threshold=1e-6, steps=10,
-                           model=default_model().set_params(sigma=2.0, lam=1e-5, lam_forces=1e-6), max_calls=3)
+                           model=default_model().set_params(sigma=2.0, lam=1e-5, lam_forces=1e-6), max_calls=3,
+                           check_every=1)
     assert res.report.reference_calls == 3 and res.report.stopped_by_max_calls
     assert "budget" in res.report.summary()
 
@@ -72,7 +73,8 @@ def test_selection_runs_when_hyperparameters_are_free(monkeypatch):
     import molkrr.active as active
 
     monkeypatch.setattr(active, "RESELECT_AT", (4,))
-    res = learn_on_the_fly(builtin_molecule("ethanol"), EMT(), threshold=1e-6, steps=6, max_calls=5)
+    res = learn_on_the_fly(builtin_molecule("ethanol"), EMT(), threshold=1e-6, steps=6, max_calls=5,
+                           check_every=1)
     assert res.report.selections == 1 and res.report.reference_calls == 5
     assert res.report.sigma > 0 and res.report.lam > 0 and res.report.lam_forces > 0
 
@@ -98,7 +100,7 @@ def test_cli_learn_md_writes_model_and_frames(tmp_path, monkeypatch):
     monkeypatch.setattr(md, "xtb_calculator", lambda method="GFN2-xTB", **kw: EMT())
     out = tmp_path / "model.npz"
     result = CliRunner().invoke(cli, ["learn-md", "ethanol", "--steps", "8", "--threshold", "0.02", "--sigma", "2.0",
-                                      "--lam", "1e-5", "--lam-forces", "1e-6", "--max-calls", "4", "-o", str(out),
+                                      "--lam", "1e-5", "--lam-forces", "1e-6", "--max-calls", "4", "--check-every", "1", "-o", str(out),
                                       "--trajectory", str(tmp_path / "traj.extxyz"), "-q"])
     assert result.exit_code == 0, result.output
     assert "reference calls" in result.output
@@ -108,3 +110,11 @@ def test_cli_learn_md_writes_model_and_frames(tmp_path, monkeypatch):
     E, _ = model.predict_energies_and_forces(frames[0])
     assert E[0] == pytest.approx(frames[0].get_potential_energy(), abs=0.05)
     assert len(ase.io.read(tmp_path / "traj.extxyz", ":")) == 1  # steps 0 (every 10th)
+
+
+def test_check_every_predicts_the_std_on_those_steps_only():
+    res = learn_on_the_fly(builtin_molecule("ethanol"), EMT(), threshold=1e-6, steps=9, check_every=3, max_calls=10,
+                           model=default_model().set_params(sigma=2.0, lam=1e-5, lam_forces=1e-6))
+    checked = np.flatnonzero(np.isfinite(res.report.max_std))
+    assert checked.tolist() == [3, 6, 9]  # not step 0: the start is labelled already
+    assert res.report.called_at == [3, 6, 9]  # every check passes a threshold this small

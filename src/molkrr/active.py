@@ -259,7 +259,7 @@ def _active_calculator_class() -> type:
 
             t0 = time.perf_counter()
             mol = Molecules.from_list([self.atoms.numbers], [self.atoms.positions])
-            check = self.step % self.check_every == 0
+            check = self.step > 0 and self.step % self.check_every == 0  # step 0 is the labelled start
             if check:
                 e, f, _, f_std = self.learner.model.predict_energies_and_forces(mol, return_std=True)
                 self.last_std = float(np.max(f_std[0])) * self.ev_per_unit
@@ -293,7 +293,7 @@ def learn_on_the_fly(
     friction_per_fs: float = 0.01,
     seed: int = 0,
     max_calls: int | None = None,
-    check_every: int = 1,
+    check_every: int = 10,
     trajectory: str | os.PathLike | None = None,
     interval: int = 10,
     progress: bool = False,
@@ -305,8 +305,9 @@ def learn_on_the_fly(
     model : an unfitted MolecularKRR trained on forces (default :func:`default_model`); its σ, λ, λ_F when set
         are kept, else chosen as the module docstring says. Its energy unit must be eV (the reference's).
     max_calls : at most this many reference calls (the start's included); afterwards the model alone drives.
-    check_every : predict the std (and maybe call the reference) every this many steps; the steps between run on
-        the model's energy and forces alone (a force std costs O(n_train_rows²) per frame, the prediction O(n)).
+    check_every : predict the std (and maybe call the reference) every this many steps (default 10: 5 fs at
+        0.5 fs); the steps between run on the model's energy and forces alone (a force std costs 20–60 predictions:
+        O(n_train_rows²) per frame against O(n_train_rows)).
     trajectory : extended XYZ of every ``interval``-th step (energy, forces, momenta), written as the run goes.
 
     Returns a :class:`LearnResult`; a KeyboardInterrupt ends the run early with the model and frames so far.

@@ -20,7 +20,7 @@ from .._shared import _friendly, _quiet_option, cli
 @click.option("--temperature", type=click.FloatRange(min=0), default=300.0, show_default=True, help="K.")
 @click.option("--friction", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="Langevin friction, 1/fs.")
-@click.option("--check-every", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--check-every", type=click.IntRange(1), default=10, show_default=True,
               help="Predict the force std (and maybe call the reference) every K steps.")
 @click.option("--max-calls", type=click.IntRange(1), default=None, help="At most this many reference calls.")
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), help="Fix the kernel width (default: selected as frames arrive).")
