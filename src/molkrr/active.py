@@ -191,13 +191,20 @@ class _Learner:
         self.full_fits += 1
         self.fit_s += time.perf_counter() - t0
 
+    def _representation(self, mols: Any) -> Any:
+        """A fitted copy of the model's representation (the model's own stays unfitted, as scikit-learn asks)."""
+        from sklearn.base import clone
+
+        from .representations.coulomb import CoulombMatrix
+
+        rep = self.template.representation
+        return (CoulombMatrix() if rep is None else clone(rep)).fit(mols)
+
     def _initial(self, mols: Any) -> dict[str, float]:
         from .derivative_krr import gram_matrix, row_layout, training_environments
         from .force_selection import median_environment_distance
 
-        rep = self.model.representation
-        rep = rep.fit(mols) if rep is not None and hasattr(rep, "fit") else rep
-        env, _ = training_environments(rep, mols[:1], "energy+forces")
+        env, _ = training_environments(self._representation(mols), mols[:1], "energy+forces")
         from .kernels import make_kernel
 
         sigma = self.fixed["sigma"] or INITIAL_SIGMA_FACTOR * median_environment_distance(env)
@@ -214,13 +221,11 @@ class _Learner:
 
         from .force_selection import GridEdgeWarning, select_force_hyperparameters
 
-        rep = self.template.representation
-        rep = rep.fit(mols)
         self.selections += 1
-        with warnings.catch_warnings():  # a small labelled set often selects on an edge: the next selection widens
+        with warnings.catch_warnings():  # a few labelled frames often select on an edge; the report gives the choice
             warnings.simplefilter("ignore", GridEdgeWarning)
             sel = select_force_hyperparameters(
-                rep, mols, mols.energies, kernel=self.template.kernel, targets=self.template.targets,
+                self._representation(mols), mols, mols.energies, kernel=self.template.kernel, targets=self.template.targets,
                 sigmas=None if self.fixed["sigma"] is None else [self.fixed["sigma"]],
                 lams=None if self.fixed["lam"] is None else [self.fixed["lam"]],
                 lam_forces=None if self.fixed["lam_forces"] is None else [self.fixed["lam_forces"]],
