@@ -317,13 +317,7 @@ def learn_on_the_fly(
 
     Returns a :class:`LearnResult`; a KeyboardInterrupt ends the run early with the model and frames so far.
     """
-    from ase import units
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation
-
-    from .datasets.md import thermalize
-    from .dynamics import TrajectoryAppender, frame_with_results
+    from .dynamics import TrajectoryAppender, frame_with_results, integrator, run_steps
     from .units import ev_per_unit
 
     if not (isinstance(threshold, (int, float, np.floating)) and np.isfinite(threshold) and threshold > 0):
@@ -356,14 +350,8 @@ def learn_on_the_fly(
     learner.refit()
     calc = _active_calculator_class()(learner, float(threshold), max_calls, 1.0, int(check_every))
     atoms.calc = calc
-    rng = np.random.default_rng(seed)
-    thermalize(atoms, temperature_K, rng)
-    Stationary(atoms)
-    if len(atoms) > 2:
-        ZeroRotation(atoms)
-    atoms.set_constraint(FixCom())
-    dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction_per_fs / units.fs,
-                   fixcm=False, rng=rng)
+    dyn = integrator(atoms, "langevin", timestep_fs=timestep_fs, temperature_K=temperature_K,
+                     friction_per_fs=friction_per_fs, rng=np.random.default_rng(seed))
     max_std = np.full(steps + 1, np.nan)
     done = [0]
     bar = None
@@ -387,17 +375,12 @@ def learn_on_the_fly(
             bar.update(1)
             bar.set_postfix(calls=len(learner.energies), std=f"{calc.last_std:.3f}", refresh=False)
 
-    dyn.attach(observe, interval=1)
-    interrupted = False
-    try:
-        dyn.run(steps)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        if writer is not None:
-            writer.close()
-        if bar is not None:
-            bar.close()
+    def finish() -> None:
+        for closer in (writer, bar):
+            if closer is not None:
+                closer.close()
+
+    interrupted = run_steps(dyn, steps, observe, finish)
     wall = time.perf_counter() - t_start
     hyper = learner.model
     report = LearnReport(

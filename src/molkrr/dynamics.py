@@ -35,7 +35,8 @@ import numpy as np
 from ._atomic import atomic_write
 from .errors import InvalidInputError
 
-__all__ = ["ENSEMBLES", "MDReport", "PREDICT_REPEATS", "TrajectoryAppender", "frame_with_results", "run_md"]
+__all__ = ["ENSEMBLES", "MDReport", "PREDICT_REPEATS", "TrajectoryAppender", "frame_with_results", "integrator",
+           "run_md", "run_steps"]
 
 #: Integrators ``run_md`` offers.
 ENSEMBLES = ("nve", "langevin")
@@ -181,6 +182,43 @@ def time_prediction(model: Any, molecule: Any, repeats: int = PREDICT_REPEATS) -
     return float(best)
 
 
+def integrator(atoms: Any, ensemble: str, *, timestep_fs: float, temperature_K: float, friction_per_fs: float,
+               rng: np.random.Generator) -> Any:
+    """The ASE integrator of ``atoms`` (which carry their calculator) after drawing velocities: Maxwell–Boltzmann at
+    ``temperature_K`` from ``rng``, centre-of-mass motion and rotation removed; 'nve' is velocity Verlet, 'langevin'
+    holds the centre of mass (``FixCom``) and shares ``rng``. Used by :func:`run_md` and :mod:`molkrr.active`."""
+    from ase import units
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import Stationary, ZeroRotation
+    from ase.md.verlet import VelocityVerlet
+
+    from .datasets.md import thermalize
+
+    thermalize(atoms, temperature_K, rng)
+    Stationary(atoms)
+    if len(atoms) > 2:
+        ZeroRotation(atoms)
+    if ensemble == "nve":
+        return VelocityVerlet(atoms, timestep_fs * units.fs)
+    atoms.set_constraint(FixCom())  # ase's fixcm=True is deprecated
+    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction_per_fs / units.fs,
+                    fixcm=False, rng=rng)
+
+
+def run_steps(dyn: Any, steps: int, observe: Any, finish: Any) -> bool:
+    """Run ``dyn`` for ``steps`` with ``observe()`` after every step (step 0 included) and ``finish()`` however the run
+    ends (close the trajectory, the progress bar); True when a KeyboardInterrupt ended it early."""
+    dyn.attach(observe, interval=1)
+    try:
+        dyn.run(steps)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        finish()
+    return False
+
+
 def run_md(
     model: Any,
     atoms: Any,
@@ -202,14 +240,7 @@ def run_md(
     trajectory keeps every frame written). Errors of the model (unseen elements, a molecule too large, atoms
     that collide) are raised as their typed :class:`~molkrr.errors.MolkrrError`.
     """
-    from ase import units
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation
-    from ase.md.verlet import VelocityVerlet
-
     from .calculator import MolkrrCalculator
-    from .datasets.md import thermalize
     from .molecules import Molecules
 
     if ensemble not in ENSEMBLES:
@@ -227,20 +258,10 @@ def run_md(
     calc = MolkrrCalculator(model, energy_unit=energy_unit)
     predict_s = time_prediction(calc.model, Molecules.from_ase(atoms))
     atoms.calc = calc
-    rng = np.random.default_rng(seed)
-    thermalize(atoms, temperature_K, rng)
-    Stationary(atoms)
     n = len(atoms)
-    if n > 2:
-        ZeroRotation(atoms)
-    if ensemble == "nve":
-        dyn = VelocityVerlet(atoms, timestep_fs * units.fs)
-        dof = max(3 * n - 6 if n > 2 else 3 * n - 3, 1)
-    else:
-        atoms.set_constraint(FixCom())  # ase's fixcm=True is deprecated
-        dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction_per_fs / units.fs,
-                       fixcm=False, rng=rng)
-        dof = max(3 * n - 3, 1)
+    dyn = integrator(atoms, ensemble, timestep_fs=timestep_fs, temperature_K=temperature_K,
+                     friction_per_fs=friction_per_fs, rng=np.random.default_rng(seed))
+    dof = max(3 * n - 6 if n > 2 else 3 * n - 3, 1) if ensemble == "nve" else max(3 * n - 3, 1)
 
     potential = np.empty(steps + 1)
     kinetic = np.empty(steps + 1)
@@ -268,18 +289,16 @@ def run_md(
         elif bar is not None:
             bar.update(1)
 
-    dyn.attach(observe, interval=1)
-    interrupted = False
-    try:
-        dyn.run(steps)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        wall = time.perf_counter() - mark[0]
-        if writer is not None:
-            writer.close()
-        if bar is not None:
-            bar.close()
+    wall = 0.0
+
+    def finish() -> None:
+        nonlocal wall
+        wall = time.perf_counter() - mark[0]  # before the writer's fsync
+        for closer in (writer, bar):
+            if closer is not None:
+                closer.close()
+
+    interrupted = run_steps(dyn, steps, observe, finish)
     return MDReport(
         ensemble=ensemble, formula=atoms.get_chemical_formula(), n_atoms=n, steps=max(recorded - 1, 0),
         steps_requested=int(steps), timestep_fs=float(timestep_fs), temperature_K=float(temperature_K), wall_s=wall,
